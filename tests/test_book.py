@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,8 +117,26 @@ def test_math_and_widgets_use_the_vendored_scripts(book):
     assert "application/vnd.jupyter.widget-state+json" in smoke
     assert "application/vnd.jupyter.widget-view+json" in smoke
     assert "requirejs/require.js" in smoke and "html-manager/embed-amd.js" in smoke
+    assert "shims/mathjax2-hub.js" in smoke
     # widgets scripts only where there are widgets
     assert "embed-amd.js" not in intro
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="Debian's chromium is not installed")
+def test_offline_browser_typesets_math_and_renders_widgets(book, tmp_path):
+    """Headless Chromium, without network where `unshare -n` works: the DOM after scripts ran."""
+    page = book["html"] / "book" / "generated" / "99_smoke.html"
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"]).returncode == 0:
+        cmd = ["unshare", "-n"] + cmd
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<mjx-container") >= 5, "MathJax did not typeset the page"
+    assert dom.count('class="widget-label"') == 2, "the sliders did not render"
+    label = dom.split('class="widget-label"', 1)[1][:400]
+    assert "<mjx-container" in label, "the math in the widget's label was not typeset"
 
 
 def test_glued_numbers_reach_the_prose(book):

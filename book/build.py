@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Build the hybridspec book: execute the notebooks with papermill, then render with Jupyter Book.
+
+    make book                 # = python book/build.py          (default parameters: the full book)
+    make book QUICK=1         # = python book/build.py --quick  (each notebook's smoke parameters)
+    python book/build.py --quick --only 99_smoke      # one notebook + the prose pages
+    python book/build.py --no-html                    # execute the notebooks only
+
+Steps, each timed:
+  1. papermill executes every notebook of NOTEBOOKS (below) that exists in notebooks/ into
+     book/generated/NAME.ipynb, with the kernel running THIS interpreter (sys.executable), the repo
+     root as working directory and on PYTHONPATH (so `import hybridspec_core` works). A notebook
+     that raises fails the build: the message names it, the exit status is 1, and the executed copy
+     with the failing cell is left in book/generated/ for reading.
+  2. book/summary.py writes book/generated/results_summary.md from book/generated/results/*.csv.
+  3. `jupyter-book build . -W --keep-going --all` with a copy of _toc.yml that lists only the
+     chapters executed in step 1 (a chapter whose source does not exist yet is dropped, with a
+     message). -W: any Sphinx warning (a missing glue key, a broken reference, a missing image)
+     fails the build; --keep-going: all of them are listed first. The output is
+     _build/html/index.html (or BUILDDIR/_build/html/index.html with --builddir).
+
+Parameter convention for the notebooks (their cell tagged `parameters`): every notebook declares
+QUICK = False; --quick passes QUICK=True plus the notebook's smoke parameters from NOTEBOOKS. The
+other names follow issue 4: MODELS (names or paths), K_VALUES, TEMPERATURES, N_PROMPTS, DEVICE,
+SEED, OUT_DIR (default "book/generated/results", relative to the repo root). papermill reads the
+parameters cell line by line: one assignment per line, and no "=" inside a trailing comment (such
+a line is skipped with "Unable to parse line", and `papermill --help-notebook` then misses it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+GENERATED = ROOT / "book" / "generated"
+TOC = ROOT / "_toc.yml"
+
+# name -> smoke parameters used by --quick (QUICK=True is always added). Order = execution order.
+# The smoke parameters of a notebook are the names of its `parameters` cell; keep them in step.
+NOTEBOOKS: dict[str, dict] = {
+    "00_miniatures": {},
+    "01_acceptance_gap": {"N_PROMPTS": 8},
+    "02_scale_invariance": {"N_PROMPTS": 8},
+    "03_perplexity_predicts_alpha": {"N_PROMPTS": 8},
+    "04_layerskip_vs_component": {"N_PROMPTS": 8},
+    "05_explorer": {"N_PROMPTS": 4},
+    "06_when_does_it_pay": {"N_PROMPTS": 4},
+    # The pipeline check: seaborn plot, glue, math, an ipywidgets slider (the book's appendix).
+    "99_smoke": {"K_MAX": 6},
+}
+
+KERNEL_NAME = "python3"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised (or its kernel died) under papermill."""
+
+    def __init__(self, name: str, detail: str, executed: Path):
+        super().__init__(f"notebook {name} FAILED: {detail}\n"
+                         f"  the executed copy, with the failing cell, is {_rel(executed)}")
+        self.name = name
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:6.1f} s" if seconds < 120 else f"{seconds / 60:6.1f} min"
+
+
+def prepare_kernel(builddir: Path) -> None:
+    """Make kernel `python3` run this interpreter, whatever kernelspecs the user has installed.
+
+    A private kernelspec directory goes first on JUPYTER_PATH (the highest-priority search path of
+    jupyter_client), so a `python3` spec in ~/.local/share/jupyter cannot send the notebooks to
+    another interpreter. The notebooks' metadata keeps the portable name `python3`.
+    """
+    kdir = builddir / "jupyter" / "kernels" / KERNEL_NAME
+    kdir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": f"Python 3 (hybridspec: {sys.prefix})",
+        "language": "python",
+        "metadata": {"debugger": False, "supported_encryption": ["curve"]},
+    }
+    (kdir / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(
+        [str(builddir / "jupyter")] + [p for p in [os.environ.get("JUPYTER_PATH")] if p])
+    # The kernel inherits this environment: the repo root importable, quiet debugger warning.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+
+def execute(name: str, src: Path, dst: Path, parameters: dict) -> None:
+    """Run one notebook with papermill; raise NotebookFailed (naming it) if it errors."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(
+            str(src), str(dst), parameters=parameters, kernel_name=KERNEL_NAME, language="python",
+            cwd=str(ROOT), progress_bar=True, log_output=False,
+            request_save_on_cell_execute=True,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(name, f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}", dst) from exc
+    except Exception as exc:  # kernel died, timeout, bad parameters, unreadable notebook ...
+        raise NotebookFailed(name, f"{type(exc).__name__}: {exc}", dst) from exc
+
+
+def filtered_toc(executed: set[str], builddir: Path) -> Path:
+    """Write a copy of _toc.yml without the generated chapters that were not executed."""
+    import yaml
+
+    toc = yaml.safe_load(TOC.read_text())
+    prefix = "book/generated/"
+    dropped = []
+
+    def keep(entry: dict) -> bool:
+        f = str(entry.get("file", ""))
+        if not f.startswith(prefix):
+            return True
+        stem = f[len(prefix):].removesuffix(".ipynb").removesuffix(".md")
+        if stem in NOTEBOOKS and stem not in executed:
+            dropped.append(stem)
+            return False
+        return True
+
+    parts = []
+    for part in toc.get("parts", []):
+        chapters = [c for c in part.get("chapters", []) if keep(c)]
+        if chapters:
+            parts.append({**part, "chapters": chapters})
+    toc["parts"] = parts
+    out = builddir / "_toc.build.yml"
+    out.write_text("# Written by book/build.py from _toc.yml: only the chapters executed now.\n"
+                   + yaml.safe_dump(toc, sort_keys=False))
+    if dropped:
+        print(f"[book] chapters left out of this build (not executed): {', '.join(dropped)}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke parameters (QUICK=True and each notebook's smoke dict)")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="execute and render only these notebooks (repeatable or comma-separated);"
+                         " the prose pages are always rendered")
+    ap.add_argument("--builddir", type=Path, default=ROOT,
+                    help="where _build/ goes (default: the repo root, so _build/html/index.html)")
+    ap.add_argument("--no-html", action="store_true", help="execute the notebooks only")
+    args = ap.parse_args(argv)
+
+    builddir = args.builddir.resolve()
+    (builddir / "_build").mkdir(parents=True, exist_ok=True)
+    selected = list(NOTEBOOKS)
+    if args.only:
+        wanted = [n.strip().removesuffix(".ipynb") for o in args.only for n in o.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in NOTEBOOKS]
+        if unknown:
+            ap.error(f"unknown notebook(s) {unknown}; known: {', '.join(NOTEBOOKS)}")
+        selected = [n for n in NOTEBOOKS if n in wanted]
+
+    prepare_kernel(builddir / "_build")
+    timings: list[tuple[str, float]] = []
+    executed: set[str] = set()
+    t_all = time.perf_counter()
+    print(f"[book] {'quick' if args.quick else 'full'} build, python {sys.executable}")
+    for name in selected:
+        src = NOTEBOOK_DIR / f"{name}.ipynb"
+        if not src.exists():
+            print(f"[book] skip {name}: {_rel(src)} does not exist yet")
+            continue
+        params = {"QUICK": True, **NOTEBOOKS[name]} if args.quick else {}
+        dst = GENERATED / f"{name}.ipynb"
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
+        print(f"[book] papermill {name} ({shown}) -> {_rel(dst)}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            execute(name, src, dst, params)
+        except NotebookFailed as exc:
+            print(f"[book] ERROR: {exc}", file=sys.stderr, flush=True)
+            print(f"[book] build FAILED in notebook {name}", file=sys.stderr)
+            return 1
+        timings.append((f"papermill {name}", time.perf_counter() - t0))
+        print(f"[book] {name} done in {_fmt(timings[-1][1])}", flush=True)
+        executed.add(name)
+
+    t0 = time.perf_counter()
+    summary = subprocess.run([sys.executable, str(ROOT / "book" / "summary.py")], cwd=ROOT)
+    if summary.returncode:
+        print("[book] ERROR: book/summary.py failed", file=sys.stderr)
+        return 1
+    timings.append(("summary.py", time.perf_counter() - t0))
+
+    if not args.no_html:
+        toc = filtered_toc(executed, builddir / "_build")
+        cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+               "build", str(ROOT), "--toc", str(toc),
+               "--path-output", str(builddir), "-W", "--keep-going", "--all"]
+        print("[book] jupyter-book " + " ".join(cmd[3:]), flush=True)
+        t0 = time.perf_counter()
+        jb = subprocess.run(cmd, cwd=ROOT)
+        timings.append(("jupyter-book build", time.perf_counter() - t0))
+        if jb.returncode:
+            print("[book] ERROR: jupyter-book build failed (warnings count as errors: see above)",
+                  file=sys.stderr)
+            return 1
+        print(f"[book] HTML: {_rel(builddir / '_build' / 'html' / 'index.html')}")
+
+    timings.append(("total", time.perf_counter() - t_all))
+    print("[book] wall time per step:")
+    for step, seconds in timings:
+        print(f"[book]   {step:<40s} {_fmt(seconds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
