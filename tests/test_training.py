@@ -112,3 +112,23 @@ def test_schedule_and_batches_are_pure_functions():
     stream = np.arange(100, dtype=np.uint16)
     assert torch.equal(batch_for_step(stream, 7, schedule), batch_for_step(stream, 7, schedule))
     assert not torch.equal(batch_for_step(stream, 7, schedule), batch_for_step(stream, 8, schedule))
+
+
+def test_training_log_metrics_run_through_the_core(monkeypatch):
+    """The training log's metrics on a tiny untrained Falcon-H1: every column, sane ranges."""
+    pytest.importorskip("hybridspec_core")
+    from training.metrics import build_eval_set, measure
+    torch.set_num_threads(1)
+    _, stream, _ = toy_setup(monkeypatch)
+    miniature = Miniature("toy-falcon", "falcon-h1", "s", hidden=64, layers=2, draft="attention_off")
+    torch.manual_seed(0)
+    model = miniature.model_class()(miniature.config())
+    prompts = [list(map(int, stream[i: i + 24])) for i in range(0, 400, 100)]
+    eval_set = build_eval_set(stream, prompts, seq_len=64, vocab_size=256, n_windows=2, n_prompts=2, n_copy=2)
+    row = measure(model, eval_set, "attention_off", seq_len=64)
+    assert set(row) == {"val_loss", "val_ppl", "draft_ppl", "draft_ppl_ratio", "alpha_k2", "alpha_k4",
+                        "copy_loss_full", "copy_loss_draft"}
+    assert 0.0 <= row["alpha_k2"] <= 1.0 and 0.0 <= row["alpha_k4"] <= 1.0
+    # Untrained: about uniform over 256 tokens everywhere.
+    assert abs(row["copy_loss_full"] - np.log(256)) < 1.0 and row["draft_ppl_ratio"] > 0
+    assert model.training  # measure() restores the training mode
