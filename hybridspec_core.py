@@ -11,7 +11,8 @@ Read top to bottom:
   4. caches             snapshot / restore of KV, conv and recurrent states
   5. decoding           greedy_generate (the baseline) and speculative_generate (lossless greedy, exact sampling)
   6. measurements       the paper's one-round protocol with bootstrap CIs, perplexity, draft/full divergence
-  7. command line       python -m hybridspec_core generate ...
+  7. the book's data    shipped prompts and evaluation text, the paper's reference tables
+  8. command line       python -m hybridspec_core generate ...
 
 Everything is plain PyTorch on top of transformers' own model classes (>= 5.23): no model code is
 copied, no remote code is trusted, weights load from safetensors only.
@@ -37,7 +38,8 @@ __all__ = [
     "load", "shipped_miniatures", "anatomy", "Anatomy", "LayerAnatomy", "Draft", "DraftPlan", "draft_view",
     "new_cache", "snapshot_cache", "restore_cache", "greedy_generate", "speculative_generate", "SpecOutput",
     "SpecStats", "speculative_accept", "acceptance_one_round", "paper_protocol", "bootstrap_ci", "perplexity",
-    "divergence", "UnsupportedModelError", "ModelNotAvailableError",
+    "divergence", "load_prompts", "evaluation_sequences", "paper_reference", "UnsupportedModelError",
+    "ModelNotAvailableError",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -997,7 +999,70 @@ def divergence(model, sequences: Iterable[torch.Tensor], draft: Draft, max_lengt
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. Command line
+# 7. The book's data: shipped evaluation text and prompts, the paper's reference numbers
+# ------------------------------------------------------------------------------------------------
+
+DATA_DIR = MINIATURES_DIR / "data"
+PAPER_REFERENCE_DIR = REPO_ROOT / "reference" / "paper"
+# The paper's draft names for ours, per family (reference tables use theirs).
+PAPER_MODEL_KEYS = {"parallel": "falcon-h1-0.5b", "sequential": "qwen3.5-0.8b", "transformer": "qwen2.5-0.5b"}
+
+
+def load_prompts(tokenizer, n: int = 200, max_tokens: int = 512, path: str | os.PathLike | None = None) -> list[torch.Tensor]:
+    """The acceptance prompts, built the paper's way (paragraphs longer than 100 characters of the
+    held-out text, first ``n``, truncated to ``max_tokens`` tokens), as 1-D LongTensors."""
+    import json
+    source = Path(path) if path is not None else DATA_DIR / "prompts.jsonl"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: run `make miniatures` (or `python -m training.corpus`)")
+    texts = [json.loads(line)["text"] for line in source.read_text().splitlines() if line.strip()]
+    if n > len(texts):
+        raise ValueError(f"asked for {n} prompts but {source} holds {len(texts)}")
+    return [tokenizer(text, return_tensors="pt").input_ids[0][:max_tokens] for text in texts[:n]]
+
+
+def evaluation_sequences(tokenizer, max_tokens: int | None = None, path: str | os.PathLike | None = None) -> list[torch.Tensor]:
+    """The held-out test documents (miniatures/data/test_split.txt), tokenized one per document;
+    ``max_tokens`` caps the total (documents are cut, in order) for quick runs."""
+    source = Path(path) if path is not None else DATA_DIR / "test_split.txt"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: run `make miniatures` (or `python -m training.corpus`)")
+    documents = re.split(r"(?m)^\.\. hybridspec-document: .*$\n?", source.read_text())
+    sequences, budget = [], max_tokens
+    for document in documents:
+        if not document.strip():
+            continue
+        ids = tokenizer(document, return_tensors="pt").input_ids[0]
+        if budget is not None:
+            ids = ids[:budget]
+            budget -= ids.numel()
+        if ids.numel() >= 2:
+            sequences.append(ids)
+        if budget is not None and budget <= 0:
+            break
+    return sequences
+
+
+def paper_reference(table: str) -> list[dict]:
+    """Rows of one of the paper's published tables (reference/paper/TABLE.csv), numbers as floats.
+    Only for the labelled "paper" column beside our measurements."""
+    import csv
+    source = PAPER_REFERENCE_DIR / f"{table}.csv"
+    if not source.is_file():
+        known = sorted(p.stem for p in PAPER_REFERENCE_DIR.glob("*.csv"))
+        raise FileNotFoundError(f"no paper table {table!r}; known: {', '.join(known)}")
+
+    def number(value: str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    with source.open() as handle:
+        return [{key: number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. Command line
 # ------------------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
