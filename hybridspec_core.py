@@ -115,7 +115,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _resolve_source(name_or_path)
-    on_cpu = device_map is None and (device is None or torch.device(device).type == "cpu")
+    on_cpu = (not torch.cuda.is_available()) if device is None else torch.device(device).type == "cpu"
     if dtype is None:
         dtype = torch.float32 if on_cpu else "auto"
     elif isinstance(dtype, str) and dtype != "auto":
@@ -273,6 +273,7 @@ class DraftPlan:
     attention_off_layers: frozenset[int]
     attention_layers: tuple[int, ...]  # the model's attention layers (for the mask choice below)
     name: str
+    layer_returns_tuple: bool = False  # how a skipped layer must hand its input back
 
     @property
     def computed_attention_layers(self) -> list[int]:
@@ -401,7 +402,8 @@ class Draft:
                     raise ValueError(f"early_exit({keep}): {anat.model_class} has {n} layers; keep between 1 and {n - 1}")
                 skip.update(range(keep, n))
         attention_off -= skip
-        return DraftPlan(frozenset(skip), frozenset(attention_off), tuple(anat.attention_layers), self.name)
+        return DraftPlan(frozenset(skip), frozenset(attention_off), tuple(anat.attention_layers), self.name,
+                         anat.layer_returns_tuple)
 
 
 def _checked_layers(layers: Sequence[int], n: int, model_class: str) -> list[int]:
@@ -441,7 +443,7 @@ def draft_view(model: nn.Module, draft: Draft | DraftPlan):
     instance-level ``forward`` override replaces them (a hook that zeroes outputs would still pay for
     attention and write draft tokens into the KV cache). Leaving the block restores the model."""
     plan = draft if isinstance(draft, DraftPlan) else draft.plan(anatomy(model))
-    returns_tuple = anatomy(model).layer_returns_tuple
+    returns_tuple = plan.layer_returns_tuple
     layers = _decoder_layers(model)
 
     def skipped_layer(*args, **kwargs):

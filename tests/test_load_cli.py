@@ -17,9 +17,19 @@ def test_load_from_a_local_folder_round_trips(saved_model):
     assert torch.equal(out.tokens, hs.greedy_generate(model, ids, max_new_tokens=12))
 
 
-def test_load_passes_device_map_through(saved_model):
-    model, _ = hs.load(saved_model, device_map="cpu")
-    assert getattr(model, "hf_device_map", None) is not None
+def test_load_passes_device_map_through(saved_model, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    seen = {}
+    original = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    model, _ = hs.load(saved_model, device_map="auto")
+    assert seen["device_map"] == "auto" and seen["use_safetensors"] is True and seen["trust_remote_code"] is False
+    assert hs.anatomy(model).family == "sequential" and model.dtype == torch.float32
 
 
 def test_cli_generates_and_checks_against_greedy(saved_model, capsys):
