@@ -143,6 +143,19 @@ def test_speculative_greedy_is_lossless(family):
     assert mid_block_rejections > 0, "no rejection mid-block: partial rollback went untested"
 
 
+def test_qwen3_next_with_moe_mlps_is_lossless():
+    model = tm.scale_attention(tm.qwen3_next(0, layers=8), 0.3)
+    assert hs.anatomy(model).family == "sequential"
+    accepted = []
+    for k in range(1, 9):
+        draft = hs.Draft.attention_off(keep_mlp=bool(k % 2))
+        ids = prompt(200 + k, length=7)
+        out = hs.speculative_generate(model, ids, draft=draft, k=k, max_new_tokens=14)
+        assert torch.equal(out.tokens, hs.greedy_generate(model, ids, max_new_tokens=14)), f"{draft.name} k={k}"
+        accepted += out.stats.accepted
+    assert max(accepted) >= 2
+
+
 @pytest.mark.parametrize("family", list(FAMILY_BUILDERS))
 def test_caches_after_generation_equal_a_fresh_prefill(family):
     builder, expected_family = FAMILY_BUILDERS[family]

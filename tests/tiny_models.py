@@ -73,3 +73,19 @@ def qwen2(seed: int = 0, layers: int = 4, vocab: int = VOCAB, hidden: int = 32, 
         bos_token_id=None, eos_token_id=None, pad_token_id=None, initializer_range=init,
     )
     return _finish(Qwen2ForCausalLM(config), seed)
+
+
+def qwen3_next(seed: int = 0, layers: int = 4, vocab: int = VOCAB, hidden: int = 32, init: float = 0.3):
+    """Qwen3-Next: Qwen3.5's sequential layout with sparse mixture-of-experts MLPs."""
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+    torch.manual_seed(seed)
+    config = Qwen3NextConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, moe_intermediate_size=16,
+        shared_expert_intermediate_size=16, num_experts=4, num_experts_per_tok=2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4, linear_num_key_heads=2,
+        linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=4,
+        max_position_embeddings=512, initializer_range=init, decoder_sparse_step=1, mlp_only_layers=[],
+        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    return _finish(Qwen3NextForCausalLM(config), seed)
