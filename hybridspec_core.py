@@ -103,6 +103,20 @@ def _resolve_source(name_or_path: str | os.PathLike) -> Path | str:
     return text
 
 
+def _load_tokenizer(folder: Path):
+    """The tokenizer a checkpoint folder ships. transformers picks a tokenizer class by the model's type
+    (qwen2 -> Qwen2Tokenizer, with its own pre-tokenizer) even when tokenizer_config.json names the
+    generic backend, which silently changes the token ids of a tokenizer trained elsewhere (the
+    miniatures'). A folder whose config names the generic backend gets exactly its tokenizer.json."""
+    import json
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    config_file = folder / "tokenizer_config.json"
+    declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
 def load(name_or_path: str | os.PathLike, device: str | torch.device | None = None, dtype=None,
          device_map=None, trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` from a shipped miniature name, a local folder or a hub id.
@@ -132,7 +146,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device | None = No
                 f"or retrain a miniature with `make miniatures`."
             )
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        tokenizer = _load_tokenizer(source)
     else:
         offline = _hub_offline()
         try:

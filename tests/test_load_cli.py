@@ -53,3 +53,14 @@ def test_cli_help_documents_every_option():
 def test_cli_reports_bad_input_clearly(saved_model):
     with pytest.raises(ValueError, match="k must be an integer >= 1"):
         hs.main(["generate", "--model", str(saved_model), "--prompt", "x", "--k", "0"])
+
+
+def test_every_miniature_tokenizes_like_its_training_tokenizer():
+    """transformers maps qwen2 checkpoints to Qwen2Tokenizer (another pre-tokenizer) unless told
+    otherwise: every shipped miniature must load the exact tokenizer it was trained with."""
+    from tokenizers import Tokenizer
+    text = "The :mod:`importlib` module now supports   a class.\n\n    x = 1\n"
+    for name in hs.shipped_miniatures():
+        _, tokenizer = hs.load(name)
+        trained = Tokenizer.from_file(str(hs.MINIATURES_DIR / name / "tokenizer.json"))
+        assert tokenizer(text).input_ids == trained.encode(text).ids, name
