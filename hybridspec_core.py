@@ -635,13 +635,16 @@ class SpecStats:
     draft_tokens: int = 0
     verify_forwards: int = 0
     verify_tokens: int = 0
-    rollback_forwards: int = 0       # re-feeds of accepted tokens after a restore (hybrids only)
+    rollback_forwards: int = 0       # re-feeds of accepted tokens after a restore (fallback for unknown mixers)
     rollback_tokens: int = 0
-    rollback_snapshots: int = 0      # state clones taken
+    rollback_scan_tokens: int = 0    # tokens re-run through the recurrent scans only (per-position rollback
+                                     # of states not kept per token), no forward pass
+    rollback_snapshots: int = 0      # state copies taken (draft: after each draft token but the last)
+    rollback_method: str = ""        # "per-position states" | "snapshot + re-feed" | "crop" (KV only)
     time_prefill: float = 0.0
-    time_draft: float = 0.0
-    time_verify: float = 0.0
-    time_rollback: float = 0.0
+    time_draft: float = 0.0          # draft forwards
+    time_verify: float = 0.0         # verify forwards and the accept rule
+    time_rollback: float = 0.0       # rollback and bookkeeping: state copies, restores, crops, re-feeds, emitting
     time_total: float = 0.0
 
     @property
@@ -681,7 +684,8 @@ class SpecStats:
     def summary(self) -> str:
         return (f"k={self.k} steps={self.steps} new={self.new_tokens} alpha={self.alpha:.3f} "
                 f"per-token={self.per_token_acceptance:.3f} tau={self.tau:.2f} "
-                f"full-model tokens={self.full_model_tokens} (rollback {self.rollback_tokens}) "
+                f"full-model tokens={self.full_model_tokens} (rollback {self.rollback_method or '-'}: "
+                f"{self.rollback_tokens} re-fed, {self.rollback_scan_tokens} re-scanned) "
                 f"time draft/verify/rollback={self.time_draft:.3f}/{self.time_verify:.3f}/{self.time_rollback:.3f}s "
                 f"total={self.time_total:.3f}s")
 
@@ -731,6 +735,322 @@ def _greedy_accept(target_logits: torch.Tensor, drafts: torch.Tensor) -> tuple[i
     return accepted, predicted[accepted].view(1)
 
 
+# Per-position rollback of the full model's recurrent states, without a re-feed.
+
+def _mamba2_sequential(hidden_states, dt, A, B, C, chunk_size=None, D=None, dt_bias=None, initial_states=None,
+                       dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, z=None,
+                       states_out: list | None = None, **kwargs):
+    """``mamba2_chunk_scan`` for a SHORT block, one token at a time: the recurrence of transformers'
+    ``mamba2_selective_state_update`` (what every single-token step runs), with the chunked scan's
+    dt handling (bias, softplus, ``dt_limit``). On the CPU this is cheaper than one chunk for the
+    blocks of decoding (k + 1 <= 9 tokens), and the state after every token comes for free: it is
+    appended to ``states_out`` when given (what the per-position rollback keeps)."""
+    batch, length, heads, _ = hidden_states.shape
+    repeat = heads // B.shape[2]
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(dt.dtype)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dt = torch.clamp(dt, min=dt_limit[0], max=dt_limit[1]).float()
+    x = hidden_states.float()
+    B = B.float().repeat_interleave(repeat, dim=2)                    # (b, T, heads, n)
+    C = C.float().repeat_interleave(repeat, dim=2).unsqueeze(-1)      # (b, T, heads, n, 1)
+    decay = torch.exp(dt * A.float())[..., None, None]                # (b, T, heads, 1, 1)
+    update = (dt[..., None] * B)[..., None, :] * x[..., None]         # (b, T, heads, p, n)
+    state = (initial_states.float() if initial_states is not None
+             else torch.zeros_like(update[:, 0]))
+    outputs = []
+    for t in range(length):
+        state = state * decay[:, t] + update[:, t]
+        if states_out is not None:
+            states_out.append(state)
+        outputs.append((state @ C[:, t]).squeeze(-1))
+    out = torch.stack(outputs, 1)
+    if D is not None:
+        out = out + D[:, None].float() * x
+    if z is not None:
+        out = out * F.silu(z.float())
+    return (out, state) if return_final_states else out
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScanSpec:
+    """How to read one chunked scan's call: per-token inputs (batch, T, heads, ...), per-head
+    parameters (heads,), the argument carrying the initial state (batch, heads, ...), the flag that
+    asks for the final state, arguments that only shape the output (dropped on a recompute), and
+    what runs a block of at most ``short_max`` tokens on the CPU instead (the name of a function of
+    the same modeling module, or a function of ours)."""
+
+    tokens: tuple[str, ...]
+    heads: tuple[str, ...]
+    state: str
+    final: str
+    output_only: tuple[str, ...] = ()
+    short: object = None
+    short_max: int = 0
+
+
+# The chunked scans of the recurrent mixers, under the names transformers' modeling files bind them
+# (module globals, looked up at call time): Falcon-H1's Mamba-2 and Qwen3.5 / Qwen3-Next's Gated
+# DeltaNet. The same names hold the mamba-ssm / fla kernels when those are installed. Short blocks on
+# the CPU: Mamba-2 runs token by token (``_mamba2_sequential``), Gated DeltaNet through transformers'
+# own recurrent form (faster than one chunk up to about 5 tokens, measured on one thread).
+_SCANS = {
+    "mamba2_chunk_scan": _ScanSpec(tokens=("hidden_states", "dt", "B", "C"), heads=("A", "dt_bias"),
+                                   state="initial_states", final="return_final_states", output_only=("D", "z"),
+                                   short=_mamba2_sequential, short_max=16),
+    "torch_chunk_gated_delta_rule": _ScanSpec(tokens=("query", "key", "value", "g", "beta"), heads=(),
+                                              state="initial_state", final="output_final_state",
+                                              short="torch_recurrent_gated_delta_rule", short_max=5),
+}
+
+
+def _short_chunk(length: int, default, device: torch.device):
+    """Chunk size for a short block. The scans pad a block to a multiple of the chunk size, so a
+    5-token verify with a default of 64 or 256 pays for 64 or 256 positions. On the CPU (pure-torch
+    scans) the block is one chunk of its own length; elsewhere a power of two >= 16 (kernel tiles)."""
+    if not isinstance(default, int) or default < 1:
+        return default
+    if device.type == "cpu":
+        return max(1, min(default, length))
+    return min(default, max(16, 1 << max(0, length - 1).bit_length()))
+
+
+@dataclasses.dataclass
+class _ScanCall:
+    function: object          # what ran the block (and recomputes a state on rollback)
+    spec: _ScanSpec
+    names: tuple[str, ...]    # its arguments' names, in order
+    positional: int           # arguments passed positionally (kernels name them differently)
+    call: dict                # argument name -> value
+    target: torch.Tensor      # the cache's state tensor, overwritten by the forward
+    saved: torch.Tensor | None = None     # its value before the forward (for a recompute)
+    states: list | None = None            # or the state after every token of the block
+    short: object = None                  # the short-block function (a recompute of few tokens uses it)
+    short_names: tuple[str, ...] = ()
+
+
+class _DecodingPatches:
+    """Active while one speculative generation runs (and undone after it).
+
+    1. Every chunked scan of the model's recurrent mixers (``_SCANS``) runs short blocks cheaply: on
+       the CPU a block of at most ``short_max`` tokens runs token by token (Mamba-2) or through the
+       recurrent form (Gated DeltaNet); otherwise the chunk size is fitted to the block
+       (``_short_chunk``). A verify forward then costs about a cached forward of k+1 tokens, not one
+       padded to a whole chunk.
+    2. While ``recording`` (the full model's verify forward), each scan keeps the state after every
+       token of the block (token-by-token runs) or its inputs and a clone of its initial state, and
+       the cache keeps each conv window it assembles (the previous window followed by the block).
+
+    After a partial acceptance, ``rollback(m, base)`` puts the full cache where it would be after
+    the first m tokens of the block: KV cropped to base + m, each conv state cut from its kept
+    window, each recurrent state copied from the kept per-token states or recomputed by the SAME
+    function on the kept m tokens from the saved initial state, all layers of a kind in ONE call
+    (layers side by side as heads: the scans treat heads independently). No forward pass is re-run.
+    If the verify did not keep every state of the cache (a mixer these names do not cover),
+    ``covers`` is false and the caller re-feeds."""
+
+    def __init__(self, model, cache):
+        import inspect
+        self.cache = cache
+        self.recording = False
+        self.seconds = 0.0               # time spent keeping states: bookkeeping, not verify work
+        self.scans: list[_ScanCall] = []
+        self.convs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._globals: list[tuple[dict, str, object]] = []
+
+        def argument_names(function) -> tuple[str, ...]:
+            try:
+                return tuple(inspect.signature(function).parameters) if callable(function) else ()
+            except (TypeError, ValueError):
+                return ()
+
+        modules = {sys.modules[type(getattr(layer, attribute)).__module__]
+                   for layer in _decoder_layers(model) for attribute in ("mamba", "linear_attn")
+                   if isinstance(getattr(layer, attribute, None), nn.Module)}
+        try:
+            for module in modules:
+                for name, spec in _SCANS.items():
+                    original = getattr(module, name, None)
+                    names = argument_names(original)
+                    # Only a function whose arguments read as the spec says (else: the re-feed fallback).
+                    if not all(arg in names for arg in (*spec.tokens, *spec.heads, spec.state, spec.final)):
+                        continue
+                    short = getattr(module, spec.short, None) if isinstance(spec.short, str) else spec.short
+                    short_names = argument_names(short)
+                    if not all(arg in short_names for arg in (*spec.tokens, spec.state, spec.final)):
+                        short = None
+                    default_chunk = inspect.signature(original).parameters.get("chunk_size")
+                    wrapper = self._wrap(original, names, short, short_names, spec,
+                                         getattr(default_chunk, "default", None))
+                    self._globals.append((vars(module), name, original))
+                    vars(module)[name] = wrapper
+            self._conv_method = getattr(type(cache), "update_conv_state", None)
+            if self._conv_method is not None:
+                cache.update_conv_state = self._record_conv
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for namespace, name, original in reversed(self._globals):
+            namespace[name] = original
+        self._globals = []
+        self.cache.__dict__.pop("update_conv_state", None)
+        self.scans, self.convs, self.recording = [], [], False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _wrap(self, original, names, short, short_names, spec: _ScanSpec, default_chunk):
+        patches = self
+        chunk_position = names.index("chunk_size") if "chunk_size" in names else None
+        keeps_states = short is _mamba2_sequential
+
+        def scan(*args, **kwargs):
+            call = dict(zip(names, args))
+            call.update(kwargs)
+            tokens = call[spec.tokens[0]]
+            length = tokens.shape[1]
+            state = call.get(spec.state)
+            if short is not None and tokens.device.type == "cpu" and length <= spec.short_max:
+                function, fnames, args = short, short_names, ()
+                kwargs = {key: value for key, value in call.items() if key != "chunk_size"}
+            else:
+                function, fnames = original, names
+                if chunk_position is not None and len(args) <= chunk_position:
+                    kwargs["chunk_size"] = _short_chunk(length, kwargs.get("chunk_size", default_chunk), tokens.device)
+            states = None
+            if patches.recording and state is not None:
+                started = time.perf_counter()
+                if function is short and keeps_states:
+                    states = kwargs["states_out"] = []
+                    entry = _ScanCall(function, spec, fnames, len(args), kwargs, state, states=states)
+                else:
+                    entry = _ScanCall(function, spec, fnames, len(args), dict(zip(fnames, args)) | kwargs, state,
+                                      saved=state.clone(), short=short, short_names=short_names)
+                patches.scans.append(entry)
+                patches.seconds += time.perf_counter() - started
+            return function(*args, **kwargs)
+
+        scan.__wrapped__ = original
+        return scan
+
+    def _record_conv(self, conv_states, layer_idx, state_idx=0, **kwargs):
+        window = self._conv_method(self.cache, conv_states, layer_idx, state_idx, **kwargs)
+        if self.recording:
+            self.convs.append((self.cache.layers[layer_idx].conv_states[state_idx], window))
+        return window
+
+    def start(self) -> None:
+        self.scans, self.convs, self.seconds = [], [], 0.0
+        self.recording = True
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def covers(self, state_tensors: Sequence[torch.Tensor]) -> bool:
+        """Whether the last recorded forward kept every conv and recurrent state of the cache."""
+        kept = {id(c.target) for c in self.scans} | {id(target) for target, _ in self.convs}
+        return bool(state_tensors) and all(id(t) in kept for t in state_tensors)
+
+    def rollback(self, kept: int, base_length: int) -> int:
+        """Roll the full cache back to ``base_length + kept`` tokens (``kept`` of the verified block).
+        Returns how many tokens went through a scan again (0 when every state was kept per token)."""
+        _crop_kv(self.cache, base_length + kept)
+        if self.convs:
+            _copy_into([t for t, _ in self.convs], [w[..., kept: kept + t.shape[-1]] for t, w in self.convs])
+        stored = [call for call in self.scans if call.states is not None]
+        if stored:
+            _copy_into([call.target for call in stored], [call.states[kept - 1] for call in stored])
+        groups: dict[tuple, list[_ScanCall]] = {}
+        for call in self.scans:
+            if call.states is None:
+                groups.setdefault(_scan_group(call), []).append(call)
+        for calls in groups.values():
+            _recompute_states(calls, kept)
+        return kept if groups else 0
+
+
+def _scan_group(call: _ScanCall) -> tuple:
+    """Calls that can share one recompute: same function and settings, same shapes but the heads."""
+    key: list = [id(call.function), call.positional]
+    for name in sorted(call.call):
+        value = call.call[name]
+        if name in call.spec.output_only:
+            continue
+        if isinstance(value, torch.Tensor):
+            if name in call.spec.tokens:
+                key.append((name, value.shape[:2], value.shape[3:], value.dtype))
+            elif name == call.spec.state:
+                key.append((name, value.shape[:1], value.shape[2:], value.dtype))
+            elif name in call.spec.heads:
+                key.append((name, value.dtype))
+            else:
+                key.append((name, id(value)))
+        else:
+            key.append((name, repr(value)))
+    return tuple(key)
+
+
+def _recompute_states(calls: list[_ScanCall], kept: int) -> None:
+    """The recurrent state after the first ``kept`` tokens, for every call of a group at once."""
+    first = calls[0]
+    spec = first.spec
+    single = len(calls) == 1
+    joined = {}
+    for name, value in first.call.items():
+        if name in spec.tokens:
+            joined[name] = value[:, :kept] if single else torch.cat([c.call[name][:, :kept] for c in calls], 2)
+        elif name in spec.heads and isinstance(value, torch.Tensor):
+            joined[name] = value if single else torch.cat([c.call[name] for c in calls], 0)
+        elif name == spec.state:
+            joined[name] = first.saved if single else torch.cat([c.saved for c in calls], 1)
+        elif name in spec.output_only:
+            joined[name] = None
+        else:
+            joined[name] = value
+    joined[spec.final] = True
+    tokens = joined[spec.tokens[0]]
+    if first.short is not None and tokens.device.type == "cpu" and kept <= spec.short_max:
+        joined.pop("chunk_size", None)    # the short-block function, as a verify of ``kept`` tokens would run
+        final = first.short(**{name: value for name, value in joined.items() if name in first.short_names})[1]
+    else:
+        if "chunk_size" in joined:
+            joined["chunk_size"] = _short_chunk(kept, joined["chunk_size"], tokens.device)
+        args = [joined.pop(name) for name in first.names[: first.positional]]
+        final = first.function(*args, **joined)[1]
+    parts = [final] if single else final.split([c.saved.shape[1] for c in calls], dim=1)
+    _copy_into([c.target for c in calls], parts)
+
+
+def _copy_into(targets: Sequence[torch.Tensor], sources: Sequence[torch.Tensor]) -> None:
+    """In place (transformers marks the state tensors as static addresses), in one call if it can."""
+    if all(t.dtype == s.dtype and t.device == s.device for t, s in zip(targets, sources)):
+        torch._foreach_copy_(list(targets), list(sources))
+    else:
+        for target, source in zip(targets, sources):
+            target.copy_(source)
+
+
+def _state_tensors(cache) -> list[torch.Tensor]:
+    """The conv and recurrent state tensors of a cache (updated in place, so the list stays valid)."""
+    return [tensor for layer in cache.layers
+            for store in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None))
+            for tensor in (store or {}).values() if tensor is not None]
+
+
+def _crop_kv(cache, length: int) -> None:
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None and keys.dim() > 1 and keys.shape[-2] > length:
+            layer.keys = keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
 @torch.inference_mode()
 def speculative_generate(model, input_ids, draft: Draft, k: int = 4, max_new_tokens: int = 64,
                          temperature: float = 0.0, seed: int | None = None, eos_token_id=None) -> SpecOutput:
@@ -741,14 +1061,23 @@ def speculative_generate(model, input_ids, draft: Draft, k: int = 4, max_new_tok
     forward each), the full model verifies them in ONE cached forward, both caches are rolled back to
     the accepted position.
 
-    Rollback choice: snapshot-and-re-feed for the full model, per-token snapshots for the draft.
-    The full model verifies k+1 tokens in one chunked forward, which exposes only the final recurrent
-    state; after a partial acceptance we restore the snapshot taken before the verify and re-feed the
-    accepted tokens in one more cached forward (counted in ``stats.rollback_*``). This is exact for
-    every state layout and every kernel (pure-torch or mamba-ssm/fla on GPU), at the price of at most
-    k extra tokens per rejecting step. Pure transformers need no re-feed: cropping the KV is exact.
-    The draft runs one token at a time anyway, so a clone of its states after each draft token makes
-    its rollback a plain restore, with no extra forward."""
+    Rollback of the full model: a chunked verify forward of k+1 tokens exposes only the final
+    recurrent state, so while it runs the scans of the recurrent mixers keep the state after every
+    token, or their inputs and initial state, and the cache keeps each conv window
+    (``_DecodingPatches``). After a partial acceptance the KV is cropped, the conv states are cut
+    from the kept windows, and each recurrent state is copied from the kept ones or recomputed by
+    the same scan function on the accepted tokens only (one call for all layers of a kind): no
+    forward pass is re-run (``stats.rollback_method == "per-position states"``,
+    ``stats.rollback_scan_tokens``). For a recurrent mixer that these scans do not cover, the older
+    exact fallback runs: restore a clone of the states taken before the verify and re-feed the
+    accepted tokens in one more cached forward (``"snapshot + re-feed"``, ``stats.rollback_forwards``).
+    Pure transformers need neither: cropping the KV is exact (``"crop"``). Short blocks also skip the
+    padded chunk: on the CPU, Mamba-2 runs them token by token (keeping the state after each token,
+    so its rollback is a copy) and Gated DeltaNet blocks of up to 5 tokens run its recurrent form;
+    longer blocks, and accelerators, get a chunk size fitted to the block (the default pads a
+    5-token block to 64 or 256). The draft runs one token at a time, so a copy of its states after
+    each draft token (into buffers allocated once) makes its rollback a plain restore, with no extra
+    forward."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1 (the number of draft tokens per step), got {k!r}")
     if temperature < 0 or not math.isfinite(temperature):
@@ -760,6 +1089,7 @@ def speculative_generate(model, input_ids, draft: Draft, k: int = 4, max_new_tok
     ids = _prepare_prompt(model, input_ids, max_new_tokens, anat)
     eos = _eos_set(model, eos_token_id)
     device = ids.device
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=device) if eos else None
     sampling = temperature > 0
     generator = None
     if sampling:
@@ -780,7 +1110,7 @@ def speculative_generate(model, input_ids, draft: Draft, k: int = 4, max_new_tok
     _sync(device)
     started = clock()
 
-    # Prefill both views; the first new token comes from the full model.
+    # Prefill both views (with the models' own chunk sizes); the first new token comes from the full model.
     full_cache, draft_cache = new_cache(model), new_cache(model)
     logits = _forward(model, ids, full_cache, 0, last_only=True)
     stats.prefill_tokens = ids.numel()
@@ -788,108 +1118,136 @@ def speculative_generate(model, input_ids, draft: Draft, k: int = 4, max_new_tok
         _forward(model, ids, draft_cache, 0, last_only=True, mask_layer=plan.mask_layer)
     stats.draft_prefill_tokens = ids.numel()
     current, _ = choose(logits[-1])
-    new_tokens = current.tolist()
+    pieces = [current]                                 # the new tokens, in pieces of one step each
+    produced = 1
     full_length = draft_length = ids.numel()          # tokens inside each cache
     draft_pending = current                            # tokens the draft cache has not seen yet
-    full_has_state = _has_recurrent_state(full_cache)
-    draft_has_state = _has_recurrent_state(draft_cache)
+    full_states = _state_tensors(full_cache)
+    draft_states = _state_tensors(draft_cache)
+    # The draft's state after each of its first k-1 tokens, copied into buffers allocated once.
+    draft_buffers = [[torch.empty_like(t) for t in draft_states] for _ in range(k - 1)] if draft_states else []
+    draft_marks = [0] * max(k - 1, 0)
+    method = None if full_states else "crop"           # decided at the first verify of a hybrid
+    stats.rollback_method = method or ""
     _sync(device)
     stats.time_prefill = clock() - started
     finished = int(current) in eos
 
-    while not finished and len(new_tokens) < max_new_tokens:
-        n_draft = min(k, max_new_tokens - len(new_tokens) - 1)  # never produce more than asked for
+    with _DecodingPatches(model, full_cache) if full_states else contextlib.nullcontext() as patches:
+        while not finished and produced < max_new_tokens:
+            n_draft = min(k, max_new_tokens - produced - 1)  # never produce more than asked for
+            recording = bool(n_draft) and method in (None, "per-position states")
+            draft_book = verify_book = 0.0                 # snapshot time inside the draft / verify phases
 
-        # Draft: n_draft cached forwards of the draft view, a state snapshot after each but the last.
-        t0 = clock()
-        drafts, draft_probs, draft_snapshots = [], [], []
-        if n_draft:
-            with draft_view(model, plan):
-                feed = draft_pending
-                for i in range(n_draft):
-                    draft_logits = _forward(model, feed, draft_cache, draft_length, last_only=True,
-                                            mask_layer=plan.mask_layer)
-                    draft_length += feed.numel()
-                    stats.draft_forwards += 1
-                    stats.draft_tokens += feed.numel()
-                    if i < n_draft - 1:
-                        draft_snapshots.append((snapshot_cache(draft_cache), draft_length))
-                        stats.rollback_snapshots += 1
-                    token, probs = choose(draft_logits[-1])
-                    drafts.append(token)
-                    draft_probs.append(probs)
-                    feed = token
-        drafts_tensor = torch.cat(drafts) if drafts else ids.new_empty(0)
-        _sync(device)
-        t1 = clock()
+            # Draft: n_draft cached forwards of the draft view, its states kept after each but the last.
+            t0 = clock()
+            drafts, draft_probs = [], []
+            if n_draft:
+                with draft_view(model, plan):
+                    feed = draft_pending
+                    for i in range(n_draft):
+                        draft_logits = _forward(model, feed, draft_cache, draft_length, last_only=True,
+                                                mask_layer=plan.mask_layer)
+                        draft_length += feed.numel()
+                        stats.draft_forwards += 1
+                        stats.draft_tokens += feed.numel()
+                        if i < n_draft - 1:
+                            tb = clock()
+                            draft_marks[i] = draft_length
+                            if draft_states:
+                                torch._foreach_copy_(draft_buffers[i], draft_states)
+                            stats.rollback_snapshots += 1
+                            draft_book += clock() - tb
+                        token, probs = choose(draft_logits[-1])
+                        drafts.append(token)
+                        draft_probs.append(probs)
+                        feed = token
+            drafts_tensor = torch.cat(drafts) if drafts else ids.new_empty(0)
+            _sync(device)
+            t1 = clock()
 
-        # Verify: one cached forward of [current, d1..dn] through the full model.
-        full_snapshot = snapshot_cache(full_cache) if (full_has_state and n_draft) else None
-        if full_snapshot is not None:
-            stats.rollback_snapshots += 1
-        block = torch.cat([current, drafts_tensor])
-        target_logits = _forward(model, block, full_cache, full_length)
-        full_length += block.numel()
-        stats.verify_forwards += 1
-        stats.verify_tokens += block.numel()
-        if sampling:
-            target_probs = torch.softmax(target_logits / temperature, dim=-1)
-            q = torch.cat([p.unsqueeze(0) for p in draft_probs]) if draft_probs else target_probs[:0]
-            accepted, next_token = speculative_accept(target_probs, q, drafts_tensor, generator)
-        else:
-            accepted, next_token = _greedy_accept(target_logits, drafts_tensor)
-        _sync(device)
-        t2 = clock()
-
-        # Roll back. Full cache: keep [current, d1..d_accepted].
-        rejected = n_draft - accepted
-        if rejected:
-            if full_snapshot is None:
-                restore_cache(full_cache, _empty_like_snapshot(full_cache, full_length - block.numel()),
-                              keep_tokens=accepted + 1)
+            # Verify: one cached forward of [current, d1..dn] through the full model.
+            snapshot = None
+            if n_draft and method in (None, "snapshot + re-feed"):
+                tb = clock()
+                snapshot = snapshot_cache(full_cache)
+                stats.rollback_snapshots += 1
+                verify_book += clock() - tb
+            if recording:
+                patches.start()
+            block = torch.cat([current, drafts_tensor])
+            target_logits = _forward(model, block, full_cache, full_length)
+            base_length = full_length
+            full_length += block.numel()
+            stats.verify_forwards += 1
+            stats.verify_tokens += block.numel()
+            if recording:
+                patches.stop()
+                verify_book += patches.seconds
+                if method is None:
+                    method = "per-position states" if patches.covers(full_states) else "snapshot + re-feed"
+                    stats.rollback_method = method
+            if sampling:
+                target_probs = torch.softmax(target_logits / temperature, dim=-1)
+                q = torch.stack(draft_probs) if draft_probs else target_probs[:0]
+                accepted, next_token = speculative_accept(target_probs, q, drafts_tensor, generator)
             else:
-                restore_cache(full_cache, full_snapshot)
-                _forward(model, block[: accepted + 1], full_cache, full_length - block.numel(), last_only=True)
-                stats.rollback_forwards += 1
-                stats.rollback_tokens += accepted + 1
-            full_length -= rejected
-        # Draft cache: it has seen [pending, d1..d_{n-1}]; it must hold [pending, d1..d_accepted].
-        if n_draft == 0:
-            draft_pending = torch.cat([draft_pending, next_token])
-        elif accepted == n_draft:
-            draft_pending = torch.cat([drafts_tensor[-1:], next_token])
-        else:
-            if accepted < n_draft - 1:
-                snapshot, length = draft_snapshots[accepted]
-                restore_cache(draft_cache, snapshot)
-                draft_length = length
-            draft_pending = next_token
-        current = next_token
-        _sync(device)
-        t3 = clock()
-        stats.time_draft += t1 - t0
-        stats.time_verify += t2 - t1
-        stats.time_rollback += t3 - t2
+                accepted, next_token = _greedy_accept(target_logits, drafts_tensor)
+            _sync(device)
+            t2 = clock()
 
-        stats.accepted.append(accepted)
-        stats.drafted.append(n_draft)
-        for token in drafts_tensor[:accepted].tolist() + next_token.tolist():
-            new_tokens.append(token)
-            if token in eos:
-                finished = True
-                break
+            # Roll back. Full cache: keep [current, d1..d_accepted].
+            rejected = n_draft - accepted
+            if rejected:
+                if method == "crop":
+                    _crop_kv(full_cache, base_length + accepted + 1)
+                elif method == "per-position states":
+                    stats.rollback_scan_tokens += patches.rollback(accepted + 1, base_length)
+                else:
+                    restore_cache(full_cache, snapshot)
+                    _forward(model, block[: accepted + 1], full_cache, base_length, last_only=True)
+                    stats.rollback_forwards += 1
+                    stats.rollback_tokens += accepted + 1
+                full_length -= rejected
+            if patches is not None:
+                patches.scans, patches.convs = [], []
+            # Draft cache: it has seen [pending, d1..d_{n-1}]; it must hold [pending, d1..d_accepted].
+            if n_draft == 0:
+                draft_pending = torch.cat([draft_pending, next_token])
+            elif accepted == n_draft:
+                draft_pending = torch.cat([drafts_tensor[-1:], next_token])
+            else:
+                if accepted < n_draft - 1:
+                    if draft_states:
+                        torch._foreach_copy_(draft_states, draft_buffers[accepted])
+                    _crop_kv(draft_cache, draft_marks[accepted])
+                    draft_length = draft_marks[accepted]
+                draft_pending = next_token
+            current = next_token
+
+            # Emit [d1..d_accepted, next], cut after an end-of-sequence token (no per-token loop).
+            emitted = torch.cat([drafts_tensor[:accepted], next_token])
+            if eos_ids is not None:
+                hits = torch.isin(emitted, eos_ids).nonzero()
+                if hits.numel():
+                    emitted = emitted[: int(hits[0]) + 1]
+                    finished = True
+            pieces.append(emitted)
+            produced += emitted.numel()
+            stats.accepted.append(accepted)
+            stats.drafted.append(n_draft)
+            _sync(device)
+            t3 = clock()
+            stats.time_draft += t1 - t0 - draft_book
+            stats.time_verify += t2 - t1 - verify_book
+            stats.time_rollback += t3 - t2 + draft_book + verify_book
 
     _sync(device)
     stats.time_total = clock() - started
-    tokens = torch.tensor(new_tokens, dtype=torch.long, device=device)
+    tokens = torch.cat(pieces)
     stats.new_tokens = tokens.numel()
     return SpecOutput(tokens=tokens, stats=stats, full_cache=full_cache, draft_cache=draft_cache,
                       draft_pending=draft_pending)
-
-
-def _empty_like_snapshot(cache, kv_length: int) -> CacheSnapshot:
-    """A snapshot that only records a KV length, for caches with nothing but KV (plain transformers)."""
-    return CacheSnapshot([kv_length if _kv_length(layer) else 0 for layer in cache.layers], [])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -20,11 +20,20 @@ Steps, each timed:
      _build/html/index.html (or BUILDDIR/_build/html/index.html with --builddir).
 
 Parameter convention for the notebooks (their cell tagged `parameters`): every notebook declares
-QUICK = False; --quick passes QUICK=True plus the notebook's smoke parameters from NOTEBOOKS. The
-other names follow issue 4: MODELS (names or paths), K_VALUES, TEMPERATURES, N_PROMPTS, DEVICE,
-SEED, OUT_DIR (default "book/generated/results", relative to the repo root). papermill reads the
-parameters cell line by line: one assignment per line, and no "=" inside a trailing comment (such
-a line is skipped with "Unable to parse line", and `papermill --help-notebook` then misses it).
+QUICK = False; --quick passes QUICK=True plus the notebook's smoke parameters from NOTEBOOKS (QUICK
+itself only marks the results as smoke results: the notebooks write it into their verdicts, and the
+results summary warns). The other names: the models (MODEL, MODELS, or one per role:
+PARALLEL_MODEL, SEQUENTIAL_MODEL, CONTROL_MODEL; SMALL_MODEL and LARGE_MODEL for the scale pair;
+names of shipped miniatures, local folders or hub ids), K_VALUES or K, TEMPERATURES or TEMPERATURE,
+N_PROMPTS (one-round acceptance prompts), N_GEN_PROMPTS and MAX_NEW_TOKENS (full generations),
+EVAL_TOKENS (held-out tokens for perplexity and divergence), N_BOOT, DEVICE, SEED, OUTPUT_DIR
+(default "book/generated/results", relative to the repo root). `papermill --help-notebook
+notebooks/NAME.ipynb` lists a notebook's own. papermill reads the parameters cell line by line:
+one assignment per line, and no "=" inside a trailing comment (such a line is skipped with
+"Unable to parse line", and `papermill --help-notebook` then misses it).
+
+Before a notebook runs, the CSVs it wrote last time (book/generated/results/NN_*.csv, NN = its
+number) are deleted, so the results summary never mixes in a stale file.
 """
 from __future__ import annotations
 
@@ -45,12 +54,20 @@ TOC = ROOT / "_toc.yml"
 # The smoke parameters of a notebook are the names of its `parameters` cell; keep them in step.
 NOTEBOOKS: dict[str, dict] = {
     "00_miniatures": {},
-    "01_acceptance_gap": {"N_PROMPTS": 8},
-    "02_scale_invariance": {"N_PROMPTS": 8},
-    "03_perplexity_predicts_alpha": {"N_PROMPTS": 8},
-    "04_layerskip_vs_component": {"N_PROMPTS": 8},
-    "05_explorer": {"N_PROMPTS": 4},
-    "06_when_does_it_pay": {"N_PROMPTS": 4},
+    "01_acceptance_gap": {"N_PROMPTS": 8, "N_GEN_PROMPTS": 2, "MAX_NEW_TOKENS": 12, "EVAL_TOKENS": 1024,
+                          "N_BOOT": 200},
+    "02_scale_invariance": {"N_PROMPTS": 8, "N_BOOT": 200, "N_PERMUTATIONS": 1000},
+    "03_perplexity_predicts_alpha": {"N_PROMPTS": 6, "N_DRAFTS_PER_MODEL": 3, "EVAL_TOKENS": 1024,
+                                     "N_BOOT": 200},
+    "04_layerskip_vs_component": {"N_PROMPTS": 8, "LAYER_SKIP_FRACTIONS": [0.2, 0.33],
+                                  "EARLY_EXIT_FRACTIONS": [0.5], "N_BOOT": 200},
+    "05_explorer": {"N_PROMPTS": 4, "N_GEN_PROMPTS": 1, "MAX_NEW_TOKENS": 12, "EVAL_TOKENS": 512,
+                    "K_VALUES": [1, 4], "N_BOOT": 200},
+    # Reads bench/results/latest.json, else the committed reference.json; runs BENCH_ARGS only if both are missing.
+    "06_when_does_it_pay": {"K_VALUES": [1, 2, 4],
+                            "BENCH_ARGS": "--models falcon-h1-s --contexts 64,256 --ks 1,2 --new-tokens 12 --repeats 1 "
+                                          "--micro-repeats 2 --paper-ks 2 --paper-new-tokens 6 --hf-ks 2 --growth 8,16 "
+                                          "--no-fit-longest --long-ks ''"},
     # The pipeline check: seaborn plot, glue, math, an ipywidgets slider (the book's appendix).
     "99_smoke": {"K_MAX": 6},
 }
@@ -187,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         params = {"QUICK": True, **NOTEBOOKS[name]} if args.quick else {}
         dst = GENERATED / f"{name}.ipynb"
+        for stale in sorted((GENERATED / "results").glob(f"{name.split('_')[0]}_*.csv")):
+            stale.unlink()
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
         print(f"[book] papermill {name} ({shown}) -> {_rel(dst)}", flush=True)
         t0 = time.perf_counter()
