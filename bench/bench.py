@@ -27,6 +27,7 @@ concatenated), one prompt per repeat, medians over repeats. Prints a table and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import json
@@ -75,7 +76,8 @@ DEFINITIONS = {
     "paper_protocol_ratio": "our speculative tokens/s / the paper protocol's (bench/paper_protocol.py), end to end, "
                             "same model, draft, k, prompt and new tokens",
     "hf_early_exit_ratio": "our speculative tokens/s with Draft.early_exit(n) / transformers generate("
-                           "assistant_early_exit=n, num_assistant_tokens=k, constant schedule), end to end",
+                           "assistant_early_exit=n) drafting k tokens per step (constant schedule, no confidence "
+                           "stop, set on the model's generation_config where transformers reads them), end to end",
     "cost_growth": "ms per new token at several generation lengths; growth_vs_greedy = (spec ms per step at N / "
                    "at the shortest N) / (greedy ms per token at N / at the shortest N): 1 = no growth beyond "
                    "attention's own",
@@ -143,6 +145,37 @@ def hf_generate(model, ids, n, **extra):
         out = model.generate(ids.unsqueeze(0), generation_config=config,
                              attention_mask=torch.ones_like(ids).unsqueeze(0))
     return out[0, ids.numel():]
+
+
+@contextlib.contextmanager
+def assistant_drafts(model, k: int | None):
+    """transformers' assisted generation reads the draft length, its schedule and the confidence stop
+    from the ASSISTANT's stored generation_config (with early exit: the model's own), not from the
+    arguments of generate(): passed there, num_assistant_tokens=k is silently ignored and the default
+    confidence threshold (0.4) stops most drafts after one token. So set them where they are read.
+    k=None leaves transformers' defaults. Also counts the candidates drafted per step."""
+    from transformers.generation import candidate_generator
+
+    settings = {} if k is None else {"num_assistant_tokens": k, "num_assistant_tokens_schedule": "constant",
+                                     "assistant_confidence_threshold": 0.0}
+    saved = {name: getattr(model.generation_config, name) for name in settings}
+    counts: list[int] = []
+    original = candidate_generator.EarlyExitCandidateGenerator.get_candidates
+
+    def counting(self, input_ids, **kwargs):
+        candidates, logits = original(self, input_ids, **kwargs)
+        counts.append(candidates.shape[-1] - input_ids.shape[-1])
+        return candidates, logits
+
+    for name, value in settings.items():
+        setattr(model.generation_config, name, value)
+    candidate_generator.EarlyExitCandidateGenerator.get_candidates = counting
+    try:
+        yield counts
+    finally:
+        candidate_generator.EarlyExitCandidateGenerator.get_candidates = original
+        for name, value in saved.items():
+            setattr(model.generation_config, name, value)
 
 
 def git_state() -> dict:
@@ -444,13 +477,15 @@ def peers(args, result, model, label, anat, stream, contexts, main_name, main) -
             layers = max(1, anat.n_layers // 2)
             draft = hs.Draft.early_exit(layers)
             reference = greedy(model, ids, args.new_tokens)
+            with assistant_drafts(model, None) as default_counts:  # what generate(assistant_early_exit=n) does as is
+                _, t_default = timed(lambda: hf_generate(model, ids, args.new_tokens, assistant_early_exit=layers))
             for k in args.hf_ks:
                 ours_t, theirs_t, same = [], [], True
                 for _ in range(args.peer_repeats):
                     out, t_ours = timed(lambda: spec(model, ids, draft, k, args.new_tokens))
-                    theirs, t_theirs = timed(lambda: hf_generate(
-                        model, ids, args.new_tokens, assistant_early_exit=layers, num_assistant_tokens=k,
-                        num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0))
+                    with assistant_drafts(model, k) as counts:
+                        theirs, t_theirs = timed(lambda: hf_generate(model, ids, args.new_tokens,
+                                                                     assistant_early_exit=layers))
                     ours_t.append(t_ours)
                     theirs_t.append(t_theirs)
                     same = same and torch.equal(out.tokens, theirs) and torch.equal(out.tokens, reference)
@@ -458,7 +493,13 @@ def peers(args, result, model, label, anat, stream, contexts, main_name, main) -
                     "model": label, "draft": draft.name, "early_exit_layers": layers, "k": k, "context": context,
                     "new_tokens": args.new_tokens, "ratio": median(theirs_t) / median(ours_t),
                     "ours_tps": args.new_tokens / median(ours_t), "theirs_tps": args.new_tokens / median(theirs_t),
-                    "same_tokens": same})
+                    "same_tokens": same,
+                    # drafts per step on their side: k, except where the requested length runs out
+                    "theirs_mean_drafted": statistics.fmean(counts) if counts else float("nan"),
+                    "ours_mean_drafted": statistics.fmean(out.stats.drafted) if out.stats.drafted else float("nan"),
+                    # their defaults (20 tokens, confidence stop at 0.4, one run): for reference, not the ratio
+                    "theirs_default_tps": args.new_tokens / t_default,
+                    "theirs_default_mean_drafted": statistics.fmean(default_counts) if default_counts else float("nan")})
                 bar.update()
     # (d) cost growth: time per new token at several generation lengths, from a short prompt
     ids = prompt_for(stream, min(contexts or [128]), 0)

@@ -26,7 +26,8 @@ results summary warns). The other names: the models (MODEL, MODELS, or one per r
 PARALLEL_MODEL, SEQUENTIAL_MODEL, CONTROL_MODEL; SMALL_MODEL and LARGE_MODEL for the scale pair;
 names of shipped miniatures, local folders or hub ids), K_VALUES or K, TEMPERATURES or TEMPERATURE,
 N_PROMPTS (one-round acceptance prompts), N_GEN_PROMPTS and MAX_NEW_TOKENS (full generations),
-EVAL_TOKENS (held-out tokens for perplexity and divergence), N_BOOT, DEVICE, SEED, OUTPUT_DIR
+EVAL_TOKENS (held-out tokens for perplexity and divergence), N_BOOT, DEVICE, THREADS (torch CPU
+threads, default 1: the miniatures gain nothing from more, and lose a lot on a busy machine), SEED, OUTPUT_DIR
 (default "book/generated/results", relative to the repo root). `papermill --help-notebook
 notebooks/NAME.ipynb` lists a notebook's own. papermill reads the parameters cell line by line:
 one assignment per line, and no "=" inside a trailing comment (such a line is skipped with

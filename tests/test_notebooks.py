@@ -32,7 +32,7 @@ CHAPTERS = ["00_miniatures", "01_acceptance_gap", "02_scale_invariance", "03_per
             "04_layerskip_vs_component", "05_explorer"]
 VERDICT_COLUMNS = ["finding", "metric", "paper", "ours", "verdict"]
 VERDICTS = {"reproduced", "partly", "not", "not measured"}
-GLUE_ROLE = re.compile(r"\{glue:text\}`([A-Za-z0-9_]+)(?::[^`]*)?`")
+GLUE_ROLE = re.compile(r"\{glue(?::text|:md)?\}`([A-Za-z0-9_]+)(?::[^`]*)?`")
 
 
 @pytest.fixture(scope="module")
