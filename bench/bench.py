@@ -147,6 +147,12 @@ def hf_generate(model, ids, n, **extra):
     return out[0, ids.numel():]
 
 
+def mean_drafted(counts) -> float:
+    """Draft tokens per step, over the steps that drafted (the last step of a run may draft none)."""
+    drafted = [c for c in counts if c > 0]
+    return statistics.fmean(drafted) if drafted else float("nan")
+
+
 @contextlib.contextmanager
 def assistant_drafts(model, k: int | None):
     """transformers' assisted generation reads the draft length, its schedule and the confidence stop
@@ -495,11 +501,11 @@ def peers(args, result, model, label, anat, stream, contexts, main_name, main) -
                     "ours_tps": args.new_tokens / median(ours_t), "theirs_tps": args.new_tokens / median(theirs_t),
                     "same_tokens": same,
                     # drafts per step on their side: k, except where the requested length runs out
-                    "theirs_mean_drafted": statistics.fmean(counts) if counts else float("nan"),
-                    "ours_mean_drafted": statistics.fmean(out.stats.drafted) if out.stats.drafted else float("nan"),
+                    "theirs_mean_drafted": mean_drafted(counts),
+                    "ours_mean_drafted": mean_drafted(out.stats.drafted),
                     # their defaults (20 tokens, confidence stop at 0.4, one run): for reference, not the ratio
                     "theirs_default_tps": args.new_tokens / t_default,
-                    "theirs_default_mean_drafted": statistics.fmean(default_counts) if default_counts else float("nan")})
+                    "theirs_default_mean_drafted": mean_drafted(default_counts)})
                 bar.update()
     # (d) cost growth: time per new token at several generation lengths, from a short prompt
     ids = prompt_for(stream, min(contexts or [128]), 0)

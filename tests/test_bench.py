@@ -75,6 +75,14 @@ def test_every_speculative_run_equalled_greedy(smoke):
     assert all(p["same_tokens"] for p in smoke["peers"]["hf_early_exit_ratio"])
 
 
+def test_hf_early_exit_drafts_as_many_tokens_per_step_as_ours(smoke):
+    """transformers reads the draft length from the assistant's generation_config, not from
+    generate()'s arguments: the comparison is only like for like if both sides drafted alike."""
+    for peer in smoke["peers"]["hf_early_exit_ratio"]:
+        assert peer["theirs_mean_drafted"] == pytest.approx(peer["ours_mean_drafted"]), peer
+        assert peer["theirs_mean_drafted"] > 1.0  # k = 2 here: more than the one token of the defaults
+
+
 def test_peers_name_model_and_k(smoke):
     peers = smoke["peers"]
     assert set(PEERS) <= set(peers) and "cost_growth" in peers
