@@ -180,11 +180,17 @@ def model_card(miniature: Miniature, model, schedule: Schedule, state, evaluatio
         f"[{evaluation['alpha_k4_ci'][0]:.3f}, {evaluation['alpha_k4_ci'][1]:.3f}] |",
         f"| training text | {package_version} (miniatures/data/LICENSE-PSF.txt) |",
         "",
-        "Made by:",
+        f"Reproduce it with `make miniatures MODEL={miniature.name}` (= `python -m training.make_miniatures "
+        f"--only {miniature.name}`; seeded, resumable). The run that finished these weights was:",
         "",
         "```",
         command,
         "```",
+        "",
+        "A run extended with a larger `--tokens` rewinds to the checkpoint where its decay began and "
+        "continues the constant phase: the learning rate is constant until then and batches are seeded by "
+        "step, so it is the same run as one planned for the larger total from the start. The training "
+        "time is that of the run these weights come from (a rewound decay's time is not counted).",
         "",
         "`training_log.csv` records, every few hundred steps, train and validation loss, the draft's "
         "perplexity ratio, greedy alpha at k = 2 and 4 on 16 validation prompts (128 tokens), and the "
@@ -218,7 +224,32 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="export only finished models (default: export where the budget ended "
                              "too, marked PARTIAL in the card)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--cards-only", metavar="COMMAND",
+                        help="train nothing: rewrite the model cards of exported models from their "
+                             "evaluation.json and checkpoint, naming COMMAND as the run that made them")
     return parser.parse_args(argv)
+
+
+def rewrite_cards(names, command: str, package_version: str) -> None:
+    """The card of an exported model, again (after the card's template changed), from what the run saved."""
+    from transformers import AutoModelForCausalLM
+
+    from training.train import TrainState
+
+    for name in names:
+        folder = MINIATURES_DIR / name
+        evaluation = json.loads((folder / "evaluation.json").read_text())
+        meta = json.loads((WORK_DIR / name / "ckpt" / "state.json").read_text())
+        state = TrainState(**meta["train_state"])
+        if state.tokens != evaluation["tokens"]:
+            raise RuntimeError(f"{name}: the checkpoint ({state.tokens:,} tokens) is not what was exported "
+                               f"({evaluation['tokens']:,}); retrain instead")
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        threads = evaluation.get("threads", 1)
+        (folder / "README.md").write_text(model_card(
+            ZOO[name], model, Schedule(**evaluation["schedule"]), state, evaluation, command, package_version,
+            threads))
+        print(f"{name}: card rewritten", flush=True)
 
 
 def main(argv=None) -> int:
@@ -250,6 +281,9 @@ def main(argv=None) -> int:
           f"{len(validation_stream):,} tokens", flush=True)
 
     names = [n for n in TRAINING_ORDER if not args.only or n in args.only]
+    if args.cards_only:
+        rewrite_cards(names, args.cards_only, package_version)
+        return 0
     for name in names:
         miniature = ZOO[name]
         schedule = SCHEDULES[miniature.size_class]
@@ -276,7 +310,7 @@ def main(argv=None) -> int:
             export(result.model, tokenizer, miniature, folder)
             evaluation = final_evaluation(folder, miniature, train_stream, args.final_prompts)
             evaluation.update(tokens=state.tokens, steps=state.step, finished=state.finished,
-                              training_minutes=state.elapsed_s / 60,
+                              training_minutes=state.elapsed_s / 60, threads=torch.get_num_threads(),
                               parameters=count_parameters(result.model), schedule=asdict(schedule))
             (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
             (folder / "README.md").write_text(model_card(
