@@ -11,7 +11,9 @@ Steps, each timed:
      book/generated/NAME.ipynb, with the kernel running THIS interpreter (sys.executable), the repo
      root as working directory and on PYTHONPATH (so `import hybridspec_core` works). A notebook
      that raises fails the build: the message names it, the exit status is 1, and the executed copy
-     with the failing cell is left in book/generated/ for reading.
+     with the failing cell is left in book/generated/ for reading. Notebooks run --jobs at a time
+     (default: 2, or 1 on a one-core machine), each in its own process with one torch thread
+     (their THREADS parameter), longest first; with one job papermill shows per-cell progress bars.
   2. book/summary.py writes book/generated/results_summary.md from book/generated/results/*.csv.
   3. `jupyter-book build . -W --keep-going --all` with a copy of _toc.yml that lists only the
      chapters executed in step 1 (a chapter whose source does not exist yet is dropped, with a
@@ -39,7 +41,9 @@ number) are deleted, so the results summary never mixes in a stale file.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -73,6 +77,10 @@ NOTEBOOKS: dict[str, dict] = {
     "99_smoke": {"K_MAX": 6},
 }
 
+# Minutes each notebook took in a full build on one thread (ordering only: the longest start first).
+EXPECTED_MINUTES = {"01_acceptance_gap": 6, "03_perplexity_predicts_alpha": 5, "04_layerskip_vs_component": 4,
+                    "02_scale_invariance": 3, "05_explorer": 2, "06_when_does_it_pay": 0.5, "00_miniatures": 0.3}
+
 KERNEL_NAME = "python3"
 
 
@@ -82,7 +90,10 @@ class NotebookFailed(RuntimeError):
     def __init__(self, name: str, detail: str, executed: Path):
         super().__init__(f"notebook {name} FAILED: {detail}\n"
                          f"  the executed copy, with the failing cell, is {_rel(executed)}")
-        self.name = name
+        self.name, self.detail, self.executed = name, detail, executed
+
+    def __reduce__(self):  # it crosses from a worker process to the build
+        return NotebookFailed, (self.name, self.detail, self.executed)
 
 
 def _rel(path: Path) -> str:
@@ -121,18 +132,20 @@ def prepare_kernel(builddir: Path) -> None:
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
 
-def execute(name: str, src: Path, dst: Path, parameters: dict) -> None:
-    """Run one notebook with papermill; raise NotebookFailed (naming it) if it errors."""
+def execute(name: str, src: Path, dst: Path, parameters: dict, progress_bar: bool = True) -> float:
+    """Run one notebook with papermill; raise NotebookFailed (naming it) if it errors. Returns seconds."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     dst.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     try:
         pm.execute_notebook(
             str(src), str(dst), parameters=parameters, kernel_name=KERNEL_NAME, language="python",
-            cwd=str(ROOT), progress_bar=True, log_output=False,
+            cwd=str(ROOT), progress_bar=progress_bar, log_output=False,
             request_save_on_cell_execute=True,
         )
+        return time.perf_counter() - started
     except PapermillExecutionError as exc:
         raise NotebookFailed(name, f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}", dst) from exc
     except Exception as exc:  # kernel died, timeout, bad parameters, unreadable notebook ...
@@ -181,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--builddir", type=Path, default=ROOT,
                     help="where _build/ goes (default: the repo root, so _build/html/index.html)")
     ap.add_argument("--no-html", action="store_true", help="execute the notebooks only")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="notebooks executed at once, one process each (default: %(default)s)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error("--jobs must be >= 1")
 
     builddir = args.builddir.resolve()
     (builddir / "_build").mkdir(parents=True, exist_ok=True)
@@ -198,27 +215,44 @@ def main(argv: list[str] | None = None) -> int:
     executed: set[str] = set()
     t_all = time.perf_counter()
     print(f"[book] {'quick' if args.quick else 'full'} build, python {sys.executable}")
+    runs = []
     for name in selected:
         src = NOTEBOOK_DIR / f"{name}.ipynb"
         if not src.exists():
             print(f"[book] skip {name}: {_rel(src)} does not exist yet")
             continue
         params = {"QUICK": True, **NOTEBOOKS[name]} if args.quick else {}
-        dst = GENERATED / f"{name}.ipynb"
         for stale in sorted((GENERATED / "results").glob(f"{name.split('_')[0]}_*.csv")):
             stale.unlink()
-        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
-        print(f"[book] papermill {name} ({shown}) -> {_rel(dst)}", flush=True)
-        t0 = time.perf_counter()
-        try:
-            execute(name, src, dst, params)
-        except NotebookFailed as exc:
-            print(f"[book] ERROR: {exc}", file=sys.stderr, flush=True)
-            print(f"[book] build FAILED in notebook {name}", file=sys.stderr)
-            return 1
-        timings.append((f"papermill {name}", time.perf_counter() - t0))
-        print(f"[book] {name} done in {_fmt(timings[-1][1])}", flush=True)
-        executed.add(name)
+        runs.append((name, src, GENERATED / f"{name}.ipynb", params))
+    # Longest first, so that two jobs finish close together (measured full-build times).
+    runs.sort(key=lambda run: -EXPECTED_MINUTES.get(run[0], 1.0))
+    failed = None
+    # fork: the children inherit the kernelspec environment set above; spawn would re-run this script.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs,
+                                                mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {}
+        for name, src, dst, params in runs:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
+            print(f"[book] papermill {name} ({shown}) -> {_rel(dst)}", flush=True)
+            futures[pool.submit(execute, name, src, dst, params, args.jobs == 1)] = name
+        for future in concurrent.futures.as_completed(futures):
+            name = futures[future]
+            try:
+                seconds = future.result()
+            except NotebookFailed as exc:
+                print(f"[book] ERROR: {exc}", file=sys.stderr, flush=True)
+                failed = failed or name
+                continue
+            timings.append((f"papermill {name}", seconds))
+            print(f"[book] {name} done in {_fmt(seconds)}", flush=True)
+            executed.add(name)
+    if failed:
+        print(f"[book] build FAILED in notebook {failed}", file=sys.stderr)
+        return 1
+    timings.sort(key=lambda step: list(NOTEBOOKS).index(step[0].split()[-1]))
+    if len(runs) > 1 and args.jobs > 1:
+        timings.append((f"notebooks ({args.jobs} at a time)", time.perf_counter() - t_all))
 
     t0 = time.perf_counter()
     summary = subprocess.run([sys.executable, str(ROOT / "book" / "summary.py")], cwd=ROOT)

@@ -181,14 +181,16 @@ def test_a_failing_notebook_fails_the_build_with_its_name(tmp_path):
                                       "language": "python"}},
           "nbformat": 4, "nbformat_minor": 5}
     (nbdir / "42_broken.ipynb").write_text(json.dumps(nb))
+    nb["cells"][1]["source"] = ["print('fine')"]
+    (nbdir / "43_fine.ipynb").write_text(json.dumps(nb))
     driver = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT / 'book')!r})
         import build
         build.NOTEBOOK_DIR = build.Path({str(nbdir)!r})
         build.GENERATED = build.Path({str(gen)!r})
-        build.NOTEBOOKS = {{"42_broken": {{}}}}
-        sys.exit(build.main(["--quick", "--no-html", "--builddir", {str(tmp_path)!r}]))
+        build.NOTEBOOKS = {{"42_broken": {{}}, "43_fine": {{}}}}
+        sys.exit(build.main(["--quick", "--no-html", "--jobs", "2", "--builddir", {str(tmp_path)!r}]))
     """)
     proc = subprocess.run([sys.executable, "-c", driver], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -196,3 +198,4 @@ def test_a_failing_notebook_fails_the_build_with_its_name(tmp_path):
     assert "build FAILED in notebook 42_broken" in proc.stderr
     assert "ValueError: deliberate failure" in proc.stderr
     assert (gen / "42_broken.ipynb").exists()  # the executed copy, with the error, for reading
+    assert "43_fine done in" in proc.stdout  # the other job still ran to its end
