@@ -536,206 +536,14 @@ def restore_cache(cache, snapshot: CacheSnapshot, keep_tokens: int = 0) -> None:
         store[index].copy_(saved)  # in place: transformers marks these addresses static
 
 
-# ------------------------------------------------------------------------------------------------
-# 5. Decoding
-# ------------------------------------------------------------------------------------------------
-
-def _forward(model, tokens: torch.Tensor, cache, start: int, last_only: bool = False,
-             mask_layer: int | None = None) -> torch.Tensor:
-    """One cached forward of ``tokens`` (1-D) at positions ``start...``; float32 logits (T or 1, V).
-    Positions are always explicit: a draft cache with skipped attention layers reports length 0."""
-    length = tokens.numel()
-    positions = torch.arange(start, start + length, device=tokens.device).unsqueeze(0)
-    kwargs = dict(input_ids=tokens.unsqueeze(0), position_ids=positions, past_key_values=cache, use_cache=True)
-    if last_only:
-        kwargs["logits_to_keep"] = 1
-    if mask_layer is not None:
-        from transformers.masking_utils import create_causal_mask
-        shape_only = torch.empty((1, length, 1), dtype=model.dtype, device=tokens.device)
-        mask = create_causal_mask(config=model.config, inputs_embeds=shape_only, attention_mask=None,
-                                  past_key_values=cache, position_ids=positions, layer_idx=mask_layer)
-        kwargs["attention_mask"] = {"full_attention": mask, "sliding_attention": mask, "linear_attention": None}
-    return model(**kwargs).logits[0].float()
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _eos_set(model, eos_token_id) -> set[int]:
-    if eos_token_id is None:
-        generation_config = getattr(model, "generation_config", None)
-        eos_token_id = getattr(generation_config, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(model.config, "eos_token_id", None)
-    if eos_token_id is None:
-        return set()
-    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
-
-
-def _prepare_prompt(model, input_ids, max_new_tokens: int, anat: Anatomy) -> torch.Tensor:
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() == 2:
-        if ids.shape[0] != 1:
-            raise ValueError(f"batch size {ids.shape[0]}: hybridspec decodes one sequence at a time (batch size 1)")
-        ids = ids[0]
-    if ids.dim() != 1 or ids.numel() == 0:
-        raise ValueError("empty prompt: pass at least one token id (a 1-D LongTensor or shape (1, T))")
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"input_ids must be integer token ids, got {ids.dtype}")
-    vocab = model.config.vocab_size
-    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
-        raise ValueError(f"token ids must lie in [0, {vocab}); got [{int(ids.min())}, {int(ids.max())}]")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    limit = anat.max_positions
-    if limit is not None and ids.numel() + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) = {ids.numel() + max_new_tokens} "
-            f"exceeds the model's context of {limit} positions: shorten the prompt (keep its last "
-            f"{limit - max_new_tokens} tokens) or ask for fewer new tokens"
-        )
-    return ids.to(device=_model_device(model), dtype=torch.long)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.inference_mode()
-def greedy_generate(model, input_ids, max_new_tokens: int = 64, eos_token_id=None) -> torch.Tensor:
-    """The baseline: cached greedy decoding, one token per forward. Returns the new tokens (1-D)."""
-    ids = _prepare_prompt(model, input_ids, max_new_tokens, anatomy(model))
-    eos = _eos_set(model, eos_token_id)
-    cache = new_cache(model)
-    logits = _forward(model, ids, cache, 0, last_only=True)
-    new_tokens: list[torch.Tensor] = []
-    while True:
-        token = logits[-1].argmax().view(1)
-        new_tokens.append(token)
-        if len(new_tokens) == max_new_tokens or int(token) in eos:
-            break
-        logits = _forward(model, token, cache, ids.numel() + len(new_tokens) - 1, last_only=True)
-    return torch.cat(new_tokens)
-
-
-@dataclasses.dataclass
-class SpecStats:
-    """What a speculative generation did. Counts are tokens and forward passes; times are seconds."""
-
-    k: int
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    accepted: list[int] = dataclasses.field(default_factory=list)  # drafts accepted at each step
-    drafted: list[int] = dataclasses.field(default_factory=list)   # drafts proposed at each step (k, fewer at the end)
-    prefill_tokens: int = 0          # full model, prompt
-    draft_prefill_tokens: int = 0    # draft view, prompt
-    draft_forwards: int = 0
-    draft_tokens: int = 0
-    verify_forwards: int = 0
-    verify_tokens: int = 0
-    rollback_forwards: int = 0       # re-feeds of accepted tokens after a restore (fallback for unknown mixers)
-    rollback_tokens: int = 0
-    rollback_scan_tokens: int = 0    # tokens re-run through the recurrent scans only (per-position rollback
-                                     # of states not kept per token), no forward pass
-    rollback_snapshots: int = 0      # state copies taken (draft: after each draft token but the last)
-    rollback_method: str = ""        # "per-position states" | "snapshot + re-feed" | "crop" (KV only)
-    time_prefill: float = 0.0
-    time_draft: float = 0.0          # draft forwards
-    time_verify: float = 0.0         # verify forwards and the accept rule
-    time_rollback: float = 0.0       # rollback and bookkeeping: state copies, restores, crops, re-feeds, emitting
-    time_total: float = 0.0
-
-    @property
-    def steps(self) -> int:
-        return len(self.accepted)
-
-    @property
-    def alpha(self) -> float:
-        """The paper's acceptance rate: mean over steps of accepted / k (steps that drafted a full k)."""
-        full = [a / self.k for a, d in zip(self.accepted, self.drafted) if d == self.k]
-        if full:
-            return sum(full) / len(full)
-        partial = [a / d for a, d in zip(self.accepted, self.drafted) if d > 0]
-        return sum(partial) / len(partial) if partial else float("nan")
-
-    @property
-    def per_token_acceptance(self) -> float:
-        """Accepted drafts / proposed drafts, over the whole generation."""
-        drafted = sum(self.drafted)
-        return sum(self.accepted) / drafted if drafted else float("nan")
-
-    @property
-    def tau(self) -> float:
-        """New tokens per verification forward (the first token comes from the prefill)."""
-        return (self.new_tokens - 1) / self.verify_forwards if self.verify_forwards else float("nan")
-
-    @property
-    def full_model_tokens(self) -> int:
-        return self.prefill_tokens + self.verify_tokens + self.rollback_tokens
-
-    def as_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data.update(steps=self.steps, alpha=self.alpha, per_token_acceptance=self.per_token_acceptance,
-                    tau=self.tau, full_model_tokens=self.full_model_tokens)
-        return data
-
-    def summary(self) -> str:
-        return (f"k={self.k} steps={self.steps} new={self.new_tokens} alpha={self.alpha:.3f} "
-                f"per-token={self.per_token_acceptance:.3f} tau={self.tau:.2f} "
-                f"full-model tokens={self.full_model_tokens} (rollback {self.rollback_method or '-'}: "
-                f"{self.rollback_tokens} re-fed, {self.rollback_scan_tokens} re-scanned) "
-                f"time draft/verify/rollback={self.time_draft:.3f}/{self.time_verify:.3f}/{self.time_rollback:.3f}s "
-                f"total={self.time_total:.3f}s")
-
-
-@dataclasses.dataclass
-class SpecOutput:
-    tokens: torch.Tensor  # 1-D LongTensor of the new tokens (prompt excluded)
-    stats: SpecStats
-    # The caches as generation left them, for inspection: the full cache holds prompt + tokens[:-1]
-    # (tokens[-1] is not fed yet); the draft cache holds everything but ``draft_pending``.
-    full_cache: object = dataclasses.field(default=None, repr=False)
-    draft_cache: object = dataclasses.field(default=None, repr=False)
-    draft_pending: torch.Tensor | None = dataclasses.field(default=None, repr=False)
-
-
-def speculative_accept(target_probs: torch.Tensor, draft_probs: torch.Tensor, drafts: torch.Tensor,
-                       generator: torch.Generator | None) -> tuple[int, torch.Tensor]:
-    """Exact speculative sampling (Leviathan et al. 2023; Chen et al. 2023), vectorised.
-
-    target_probs (n+1, V): the full model's distributions at the n drafts and one past them;
-    draft_probs (n, V): the draft's; drafts (n,). Draft i is kept while u_i < p_i(d_i) / q_i(d_i); the
-    first rejection is resampled from the normalised residual max(p - q, 0); if all n are kept, a
-    bonus token comes from p_n. The output is then distributed exactly as the target's own samples."""
-    n = drafts.numel()
-    accepted = 0
-    if n:
-        rows = torch.arange(n, device=drafts.device)
-        p_at_drafts = target_probs[rows, drafts]
-        q_at_drafts = draft_probs[rows, drafts]
-        uniforms = torch.rand(n, generator=generator, device=drafts.device)
-        kept = (uniforms * q_at_drafts < p_at_drafts).int()
-        accepted = int(kept.cumprod(0).sum())
-    if accepted < n:
-        residual = (target_probs[accepted] - draft_probs[accepted]).clamp_min(0)
-        total = residual.sum()
-        distribution = residual / total if total > 0 else target_probs[accepted]
-    else:
-        distribution = target_probs[n]
-    return accepted, torch.multinomial(distribution, 1, generator=generator)
-
-
-def _greedy_accept(target_logits: torch.Tensor, drafts: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Keep the drafts that equal the full model's argmax; the next token is the argmax after them."""
-    predicted = target_logits.argmax(-1)
-    n = drafts.numel()
-    accepted = int((predicted[:n] == drafts).int().cumprod(0).sum()) if n else 0
-    return accepted, predicted[accepted].view(1)
-
-
 # Per-position rollback of the full model's recurrent states, without a re-feed.
+#
+# The snapshot above is exact but needs a second forward (restore, then re-feed the accepted tokens).
+# What follows avoids it: while the full model verifies a block, the recurrent mixers' scan functions
+# are wrapped (``_DecodingPatches``) so that they keep what a rollback to ANY position of the block
+# needs (the state after each token, or the scan's inputs and initial state), and after a partial
+# acceptance ``_DecodingPatches.rollback`` rebuilds the cache from those. speculative_generate (5.)
+# uses it for every mixer it covers and falls back to the snapshot for anything else.
 
 def _mamba2_sequential(hidden_states, dt, A, B, C, chunk_size=None, D=None, dt_bias=None, initial_states=None,
                        dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False, z=None,
@@ -1049,6 +857,205 @@ def _crop_kv(cache, length: int) -> None:
         if keys is not None and keys.dim() > 1 and keys.shape[-2] > length:
             layer.keys = keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. Decoding
+# ------------------------------------------------------------------------------------------------
+
+def _forward(model, tokens: torch.Tensor, cache, start: int, last_only: bool = False,
+             mask_layer: int | None = None) -> torch.Tensor:
+    """One cached forward of ``tokens`` (1-D) at positions ``start...``; float32 logits (T or 1, V).
+    Positions are always explicit: a draft cache with skipped attention layers reports length 0."""
+    length = tokens.numel()
+    positions = torch.arange(start, start + length, device=tokens.device).unsqueeze(0)
+    kwargs = dict(input_ids=tokens.unsqueeze(0), position_ids=positions, past_key_values=cache, use_cache=True)
+    if last_only:
+        kwargs["logits_to_keep"] = 1
+    if mask_layer is not None:
+        from transformers.masking_utils import create_causal_mask
+        shape_only = torch.empty((1, length, 1), dtype=model.dtype, device=tokens.device)
+        mask = create_causal_mask(config=model.config, inputs_embeds=shape_only, attention_mask=None,
+                                  past_key_values=cache, position_ids=positions, layer_idx=mask_layer)
+        kwargs["attention_mask"] = {"full_attention": mask, "sliding_attention": mask, "linear_attention": None}
+    return model(**kwargs).logits[0].float()
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _eos_set(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        generation_config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(generation_config, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(model.config, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    return {int(eos_token_id)} if isinstance(eos_token_id, int) else {int(e) for e in eos_token_id}
+
+
+def _prepare_prompt(model, input_ids, max_new_tokens: int, anat: Anatomy) -> torch.Tensor:
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(f"batch size {ids.shape[0]}: hybridspec decodes one sequence at a time (batch size 1)")
+        ids = ids[0]
+    if ids.dim() != 1 or ids.numel() == 0:
+        raise ValueError("empty prompt: pass at least one token id (a 1-D LongTensor or shape (1, T))")
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"input_ids must be integer token ids, got {ids.dtype}")
+    vocab = model.config.vocab_size
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+        raise ValueError(f"token ids must lie in [0, {vocab}); got [{int(ids.min())}, {int(ids.max())}]")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    limit = anat.max_positions
+    if limit is not None and ids.numel() + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt ({ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) = {ids.numel() + max_new_tokens} "
+            f"exceeds the model's context of {limit} positions: shorten the prompt (keep its last "
+            f"{limit - max_new_tokens} tokens) or ask for fewer new tokens"
+        )
+    return ids.to(device=_model_device(model), dtype=torch.long)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def greedy_generate(model, input_ids, max_new_tokens: int = 64, eos_token_id=None) -> torch.Tensor:
+    """The baseline: cached greedy decoding, one token per forward. Returns the new tokens (1-D)."""
+    ids = _prepare_prompt(model, input_ids, max_new_tokens, anatomy(model))
+    eos = _eos_set(model, eos_token_id)
+    cache = new_cache(model)
+    logits = _forward(model, ids, cache, 0, last_only=True)
+    new_tokens: list[torch.Tensor] = []
+    while True:
+        token = logits[-1].argmax().view(1)
+        new_tokens.append(token)
+        if len(new_tokens) == max_new_tokens or int(token) in eos:
+            break
+        logits = _forward(model, token, cache, ids.numel() + len(new_tokens) - 1, last_only=True)
+    return torch.cat(new_tokens)
+
+
+@dataclasses.dataclass
+class SpecStats:
+    """What a speculative generation did. Counts are tokens and forward passes; times are seconds."""
+
+    k: int
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    accepted: list[int] = dataclasses.field(default_factory=list)  # drafts accepted at each step
+    drafted: list[int] = dataclasses.field(default_factory=list)   # drafts proposed at each step (k, fewer at the end)
+    prefill_tokens: int = 0          # full model, prompt
+    draft_prefill_tokens: int = 0    # draft view, prompt
+    draft_forwards: int = 0
+    draft_tokens: int = 0
+    verify_forwards: int = 0
+    verify_tokens: int = 0
+    rollback_forwards: int = 0       # re-feeds of accepted tokens after a restore (fallback for unknown mixers)
+    rollback_tokens: int = 0
+    rollback_scan_tokens: int = 0    # tokens re-run through the recurrent scans only (per-position rollback
+                                     # of states not kept per token), no forward pass
+    rollback_snapshots: int = 0      # state copies taken (draft: after each draft token but the last)
+    rollback_method: str = ""        # "per-position states" | "snapshot + re-feed" | "crop" (KV only)
+    time_prefill: float = 0.0
+    time_draft: float = 0.0          # draft forwards
+    time_verify: float = 0.0         # verify forwards and the accept rule
+    time_rollback: float = 0.0       # rollback and bookkeeping: state copies, restores, crops, re-feeds, emitting
+    time_total: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def alpha(self) -> float:
+        """The paper's acceptance rate: mean over steps of accepted / k (steps that drafted a full k)."""
+        full = [a / self.k for a, d in zip(self.accepted, self.drafted) if d == self.k]
+        if full:
+            return sum(full) / len(full)
+        partial = [a / d for a, d in zip(self.accepted, self.drafted) if d > 0]
+        return sum(partial) / len(partial) if partial else float("nan")
+
+    @property
+    def per_token_acceptance(self) -> float:
+        """Accepted drafts / proposed drafts, over the whole generation."""
+        drafted = sum(self.drafted)
+        return sum(self.accepted) / drafted if drafted else float("nan")
+
+    @property
+    def tau(self) -> float:
+        """New tokens per verification forward (the first token comes from the prefill)."""
+        return (self.new_tokens - 1) / self.verify_forwards if self.verify_forwards else float("nan")
+
+    @property
+    def full_model_tokens(self) -> int:
+        return self.prefill_tokens + self.verify_tokens + self.rollback_tokens
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(steps=self.steps, alpha=self.alpha, per_token_acceptance=self.per_token_acceptance,
+                    tau=self.tau, full_model_tokens=self.full_model_tokens)
+        return data
+
+    def summary(self) -> str:
+        return (f"k={self.k} steps={self.steps} new={self.new_tokens} alpha={self.alpha:.3f} "
+                f"per-token={self.per_token_acceptance:.3f} tau={self.tau:.2f} "
+                f"full-model tokens={self.full_model_tokens} (rollback {self.rollback_method or '-'}: "
+                f"{self.rollback_tokens} re-fed, {self.rollback_scan_tokens} re-scanned) "
+                f"time draft/verify/rollback={self.time_draft:.3f}/{self.time_verify:.3f}/{self.time_rollback:.3f}s "
+                f"total={self.time_total:.3f}s")
+
+
+@dataclasses.dataclass
+class SpecOutput:
+    tokens: torch.Tensor  # 1-D LongTensor of the new tokens (prompt excluded)
+    stats: SpecStats
+    # The caches as generation left them, for inspection: the full cache holds prompt + tokens[:-1]
+    # (tokens[-1] is not fed yet); the draft cache holds everything but ``draft_pending``.
+    full_cache: object = dataclasses.field(default=None, repr=False)
+    draft_cache: object = dataclasses.field(default=None, repr=False)
+    draft_pending: torch.Tensor | None = dataclasses.field(default=None, repr=False)
+
+
+def speculative_accept(target_probs: torch.Tensor, draft_probs: torch.Tensor, drafts: torch.Tensor,
+                       generator: torch.Generator | None) -> tuple[int, torch.Tensor]:
+    """Exact speculative sampling (Leviathan et al. 2023; Chen et al. 2023), vectorised.
+
+    target_probs (n+1, V): the full model's distributions at the n drafts and one past them;
+    draft_probs (n, V): the draft's; drafts (n,). Draft i is kept while u_i < p_i(d_i) / q_i(d_i); the
+    first rejection is resampled from the normalised residual max(p - q, 0); if all n are kept, a
+    bonus token comes from p_n. The output is then distributed exactly as the target's own samples."""
+    n = drafts.numel()
+    accepted = 0
+    if n:
+        rows = torch.arange(n, device=drafts.device)
+        p_at_drafts = target_probs[rows, drafts]
+        q_at_drafts = draft_probs[rows, drafts]
+        uniforms = torch.rand(n, generator=generator, device=drafts.device)
+        kept = (uniforms * q_at_drafts < p_at_drafts).int()
+        accepted = int(kept.cumprod(0).sum())
+    if accepted < n:
+        residual = (target_probs[accepted] - draft_probs[accepted]).clamp_min(0)
+        total = residual.sum()
+        distribution = residual / total if total > 0 else target_probs[accepted]
+    else:
+        distribution = target_probs[n]
+    return accepted, torch.multinomial(distribution, 1, generator=generator)
+
+
+def _greedy_accept(target_logits: torch.Tensor, drafts: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Keep the drafts that equal the full model's argmax; the next token is the argmax after them."""
+    predicted = target_logits.argmax(-1)
+    n = drafts.numel()
+    accepted = int((predicted[:n] == drafts).int().cumprod(0).sum()) if n else 0
+    return accepted, predicted[accepted].view(1)
 
 
 @torch.inference_mode()
