@@ -20,6 +20,28 @@ def test_the_zoo_is_shipped_and_small():
     assert total < 40e6, f"the zoo's weights are {total / 1e6:.1f} MB (budget 40 MB)"
 
 
+def test_the_zoo_is_finished_and_comparable():
+    """Same-size models saw the same tokens, sequence length and schedule, so that their differences
+    come from architecture; the scale pair (falcon-h1-s / -m) saw the same tokens; and each shipped
+    model is the finished run of the schedule `make miniatures` plans now (training/configs.py)."""
+    import dataclasses
+    import json
+
+    from training.configs import SCHEDULES, ZOO
+
+    cards = {name: json.loads((hs.MINIATURES_DIR / name / "evaluation.json").read_text()) for name in SHIPPED}
+    for name, card in cards.items():
+        assert card["finished"], f"{name} is a partial run: rerun `make miniatures MODEL={name}`"
+        planned = SCHEDULES[ZOO[name].size_class]
+        assert card["schedule"] == dataclasses.asdict(planned), name
+        assert card["tokens"] >= planned.tokens, name
+    small = [card["schedule"] for name, card in cards.items() if ZOO[name].size_class == "s"]
+    assert len(small) == 3 and all(s == small[0] for s in small)
+    if "falcon-h1-m" in cards:
+        assert cards["falcon-h1-m"]["tokens"] == cards["falcon-h1-s"]["tokens"]
+        assert cards["falcon-h1-m"]["parameters"] >= 2 * cards["falcon-h1-s"]["parameters"]
+
+
 def unigram_perplexity(sequences) -> float:
     """A unigram model fitted on the evaluation text itself (the best any unigram model can do there)."""
     counts = Counter(token for sequence in sequences for token in sequence[1:].tolist())
