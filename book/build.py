@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "defaults"
             print(f"[book] papermill {name} ({shown}) -> {_rel(dst)}", flush=True)
             futures[pool.submit(execute, name, src, dst, params, args.jobs == 1)] = name
-        for future in concurrent.futures.as_completed(futures):
+        for completed, future in enumerate(concurrent.futures.as_completed(futures), start=1):
             name = futures[future]
             try:
                 seconds = future.result()
@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 failed = failed or name
                 continue
             timings.append((f"papermill {name}", seconds))
-            print(f"[book] {name} done in {_fmt(seconds)}", flush=True)
+            print(f"[book] {name} done in {_fmt(seconds)} ({completed} of {len(runs)} notebooks, "
+                  f"{_fmt(time.perf_counter() - t_all).strip()} so far)", flush=True)
             executed.add(name)
     if failed:
         print(f"[book] build FAILED in notebook {failed}", file=sys.stderr)
