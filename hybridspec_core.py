@@ -1380,7 +1380,8 @@ def divergence(model, sequences: Iterable[torch.Tensor], draft: Draft, max_lengt
 
 
 # ------------------------------------------------------------------------------------------------
-# 7. The book's data: shipped evaluation text and prompts, the paper's reference numbers
+# 7. The book's data: shipped evaluation text and prompts, the paper's reference numbers, and the
+#    setup and table style every chapter notebook shares
 # ------------------------------------------------------------------------------------------------
 
 DATA_DIR = MINIATURES_DIR / "data"
@@ -1441,6 +1442,38 @@ def paper_reference(table: str) -> list[dict]:
     with source.open() as handle:
         return [{key: number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
+
+
+def book_setup(output_dir: str | os.PathLike = "book/generated/results", seed: int = 0, threads: int = 1) -> Path:
+    """What every chapter notebook does first: transformers quiet in the page (no loading bars or
+    kernel-fallback notices), torch seeded and on ``threads`` CPU threads, the book's seaborn theme.
+    Returns the CSV folder, created. (seaborn is a book dependency, imported only here.)"""
+    import seaborn as sns
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=1.1, rc={"figure.dpi": 150})
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+BOOK_TABLE_STYLE = [  # readable tables in the book: padding, rules, a caption above
+    {"selector": "", "props": "border-collapse: collapse; margin: 0.4em 0 1.2em 0; font-size: 0.88em;"},
+    {"selector": "caption", "props": "caption-side: top; text-align: left; font-weight: 600; padding: 0 0 0.4em 0;"},
+    {"selector": "th", "props": "text-align: left; padding: 4px 10px; border-bottom: 2px solid #999; vertical-align: bottom;"},
+    {"selector": "td", "props": "text-align: left; padding: 3px 10px; border-bottom: 1px solid #ddd; vertical-align: top;"},
+]
+
+
+def show_table(styler) -> None:
+    """Display a pandas Styler in the book's table style: short cells never wrap (numbers with their
+    CIs stay on one line)."""
+    from IPython.display import display
+    styler = styler.map(lambda v: "white-space: nowrap;" if len(str(v)) <= 28 else "")
+    display(styler.set_table_styles(BOOK_TABLE_STYLE, overwrite=False))
 
 # ------------------------------------------------------------------------------------------------
 # 8. Command line
