@@ -1327,6 +1327,42 @@ def paper_protocol(model, prompts: Sequence[torch.Tensor], draft: Draft, k: int,
             "accepted": accepted}
 
 
+def paper_protocol_all_k(model, prompts: Sequence[torch.Tensor], draft: Draft, ks: Sequence[int],
+                         temperature: float = 0.0, seed: int = 0, n_boot: int = 2000) -> dict[int, dict]:
+    """``paper_protocol`` for every k in ``ks`` from ONE round of the largest per prompt. A round drafts
+    token after token, each conditioned on those before, and counts acceptances up to the first
+    rejection, so the first k tokens of a k_max round are a k round: min(accepted, k) is what the k
+    round accepts (the same tokens at T = 0, the same distribution at T > 0; tests/test_core.py checks
+    T = 0 against separate rounds). {k: paper_protocol's dict for that k}."""
+    top = paper_protocol(model, prompts, draft, max(ks), temperature=temperature, seed=seed, n_boot=n_boot)
+    results = {}
+    for k in ks:
+        accepted = [min(a, k) for a in top["accepted"]]
+        rates = [a / k for a in accepted]
+        low, high = bootstrap_ci(rates, n_boot=n_boot, seed=seed)
+        results[k] = {"draft": top["draft"], "k": k, "temperature": temperature, "n_prompts": len(rates),
+                      "alpha": sum(rates) / len(rates) if rates else float("nan"), "ci_low": low, "ci_high": high,
+                      "accepted": accepted}
+    return results
+
+
+def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], n_boot: int = 2000, seed: int = 0,
+             level: float = 0.95) -> tuple[float, float, float]:
+    """mean(numerator) / mean(denominator) with a paired percentile-bootstrap CI (the prompts are
+    resampled jointly); inf where only the denominator is 0, NaN where both are."""
+    import numpy as np
+    a, b = np.asarray(numerator, float), np.asarray(denominator, float)
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    top, bottom = a[idx].mean(1), b[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.where(bottom > 0, top / bottom, np.where(top > 0, np.inf, np.nan))
+        point = a.mean() / b.mean() if b.mean() > 0 else (np.inf if a.mean() > 0 else np.nan)
+    tail = (1 - level) / 2
+    if np.isnan(boot).all():
+        return float(point), float("nan"), float("nan")
+    return (float(point), float(np.nanquantile(boot, tail, method="inverted_cdf")),
+            float(np.nanquantile(boot, 1 - tail, method="inverted_cdf")))
+
 def _chunks(sequences: Iterable[torch.Tensor], max_length: int) -> Iterable[torch.Tensor]:
     for sequence in sequences:
         sequence = torch.as_tensor(sequence).reshape(-1)

@@ -327,6 +327,31 @@ def test_paper_protocol_perplexity_and_divergence():
     assert 0.3 < low < 0.5 < high < 0.7
 
 
+
+@pytest.mark.parametrize("family", sorted(FAMILY_BUILDERS))
+def test_one_round_of_k_max_equals_separate_rounds_of_each_k(family):
+    """paper_protocol_all_k reads every k off one round of the largest k: at T = 0 exactly what a
+    separate round of k drafts accepts, prompt by prompt (mid-block rejections included)."""
+    build, kind = FAMILY_BUILDERS[family]
+    model = build(5, 0.3)
+    draft = hs.Draft.attention_off() if kind != "transformer" else hs.Draft.layer_skip(fraction=0.5)
+    prompts = [prompt(s, length=9) for s in range(10)]
+    by_k = hs.paper_protocol_all_k(model, prompts, draft, [1, 2, 4, 6], n_boot=50)
+    for k, result in by_k.items():
+        separate = hs.paper_protocol(model, prompts, draft, k, n_boot=50)
+        assert result["accepted"] == separate["accepted"], (family, k)
+        assert result["alpha"] == pytest.approx(separate["alpha"])
+    assert any(0 < a < 6 for a in by_k[6]["accepted"])  # some round was cut mid-block
+
+
+def test_ratio_ci_pairs_the_prompts():
+    point, low, high = hs.ratio_ci([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0], n_boot=200)
+    assert point == low == high == 2.0  # every paired resample has the same ratio
+    point, low, high = hs.ratio_ci([1.0, 0.0, 1.0, 1.0] * 5, [1.0, 1.0, 0.0, 1.0] * 5, n_boot=500, seed=1)
+    assert point == pytest.approx(1.0) and low < 1.0 < high
+    assert hs.ratio_ci([1.0, 1.0], [0.0, 0.0])[0] == float("inf")
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: clear errors, before any work
 # ------------------------------------------------------------------------------------------------
